@@ -1,0 +1,1 @@
+//! Storage node library (in progress).
