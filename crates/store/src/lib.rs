@@ -3,7 +3,9 @@
 //! Formats (`record`, `hint`, `htree`, `collision`, `nextgc`, `compress`, `datafile`) are
 //! bit-compatible with gobeansdb 2.1; the engine (`store`, `bucket`, `writer`) implements
 //! node.md §6.
+mod admin;
 pub mod bucket;
+pub mod buildhint;
 pub mod buffers;
 pub mod collision;
 pub mod compress;
