@@ -37,7 +37,14 @@ impl Admin {
         log: LogSink,
         prometheus: Option<metrics_exporter_prometheus::PrometheusHandle>,
     ) -> Admin {
-        Admin { node: OnceLock::new(), config_json, route_yaml, numbucket, log, prometheus }
+        Admin {
+            node: OnceLock::new(),
+            config_json,
+            route_yaml,
+            numbucket,
+            log,
+            prometheus,
+        }
     }
 
     pub fn set_node(&self, node: Arc<Node>) {
@@ -60,7 +67,10 @@ pub fn router(admin: Arc<Admin>) -> Router {
         .route("/route/", get(route))
         .route("/route", get(route))
         .route("/route/version", get(|| async { "-1" }))
-        .route("/route/reload", get(|| async { "err: not using zookeeper" }))
+        .route(
+            "/route/reload",
+            get(|| async { "err: not using zookeeper" }),
+        )
         .route("/loglast", get(loglast))
         .route("/logbuf", get(logbuf))
         .route("/logbufall", get(logbufall))
@@ -94,7 +104,11 @@ async fn index() -> Html<&'static str> {
 }
 
 async fn buffers() -> Response {
-    ([(header::CONTENT_TYPE, "application/json")], BUFFERS.to_json()).into_response()
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        BUFFERS.to_json(),
+    )
+        .into_response()
 }
 
 fn parse_bucket(admin: &Admin, hex: &str) -> Option<usize> {
@@ -138,7 +152,11 @@ async fn bucket(State(admin): St, Path(id): Path<String>) -> Response {
         Err(r) => return r,
     };
     if id == "all" {
-        let all: Vec<Value> = node.store.buckets().map(|b| bucket_json(node, &b.info())).collect();
+        let all: Vec<Value> = node
+            .store
+            .buckets()
+            .map(|b| bucket_json(node, &b.info()))
+            .collect();
         return json_response(all);
     }
     match parse_bucket(&admin, &id) {
@@ -187,7 +205,10 @@ async fn du(State(admin): St) -> Response {
         if let Some(arr) = entry.get_mut("Buckets").and_then(|v| v.as_array_mut()) {
             arr.push(json!(b.id));
         }
-        hexes.insert(bucket_hex(&admin, b.id), beansdb_store::bucket::dir_size(&b.dir));
+        hexes.insert(
+            bucket_hex(&admin, b.id),
+            beansdb_store::bucket::dir_size(&b.dir),
+        );
     }
     json_response(json!({"Disks": disks, "BucketsHex": hexes, "Errs": null}))
 }
@@ -286,8 +307,16 @@ async fn metrics_text(State(admin): St) -> Response {
         crate::metrics::refresh(node);
     }
     match &admin.prometheus {
-        Some(h) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], h.render()).into_response(),
-        None => (StatusCode::SERVICE_UNAVAILABLE, "metrics recorder not installed").into_response(),
+        Some(h) => (
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            h.render(),
+        )
+            .into_response(),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "metrics recorder not installed",
+        )
+            .into_response(),
     }
 }
 

@@ -1,4 +1,5 @@
 //! beansdb storage node: memcached server, config, HTTP admin, logging and metrics.
+pub mod accesslog;
 pub mod config;
 pub mod http;
 pub mod http_gc;

@@ -83,7 +83,10 @@ impl LogSink {
     pub fn install(&self) {
         let filter = tracing_subscriber::EnvFilter::try_from_env("BEANSDB_LOG")
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-        let _ = tracing_subscriber::registry().with(filter).with(self.clone()).try_init();
+        let _ = tracing_subscriber::registry()
+            .with(filter)
+            .with(self.clone())
+            .try_init();
     }
 
     pub fn last(&self) -> Vec<Option<LogEntry>> {
@@ -123,7 +126,13 @@ impl<S: Subscriber> Layer<S> for LogSink {
         let mut v = MsgVisitor(String::new());
         event.record(&mut v);
         let now = chrono::Local::now();
-        let file = meta.file().unwrap_or("?").rsplit('/').next().unwrap_or("?").to_string();
+        let file = meta
+            .file()
+            .unwrap_or("?")
+            .rsplit('/')
+            .next()
+            .unwrap_or("?")
+            .to_string();
         let line_no = meta.line().unwrap_or(0);
         let lvl = level_index(meta.level());
         let name = ["DEBUG", "INFO", "WARN", "ERROR", "FATAL"][lvl];

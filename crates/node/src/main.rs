@@ -23,7 +23,12 @@ struct Args {
 }
 
 fn parse_args() -> Result<Args, String> {
-    let mut a = Args { confdir: None, dumpconf: false, version: false, buildhint: None };
+    let mut a = Args {
+        confdir: None,
+        dumpconf: false,
+        version: false,
+        buildhint: None,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         let flag = arg.trim_start_matches('-');
@@ -31,14 +36,21 @@ fn parse_args() -> Result<Args, String> {
             Some((n, v)) => (n, Some(v.to_string())),
             None => (flag, None),
         };
-        let mut value = |n: &str| inline.clone().or_else(|| it.next()).ok_or(format!("flag -{n} needs a value"));
+        let mut value = |n: &str| {
+            inline
+                .clone()
+                .or_else(|| it.next())
+                .ok_or(format!("flag -{n} needs a value"))
+        };
         match name {
             "confdir" => a.confdir = Some(PathBuf::from(value("confdir")?)),
             "buildhint" => a.buildhint = Some(PathBuf::from(value("buildhint")?)),
             "dumpconf" => a.dumpconf = true,
             "version" => a.version = true,
             "h" | "help" => {
-                return Err("usage: beansdb [-confdir DIR] [-dumpconf] [-version] [-buildhint PATH]".into())
+                return Err(
+                    "usage: beansdb [-confdir DIR] [-dumpconf] [-version] [-buildhint PATH]".into(),
+                )
             }
             other => return Err(format!("unknown flag -{other}")),
         }
@@ -80,7 +92,10 @@ fn main() -> ExitCode {
     let log = match LogSink::new(&cfg.server.errorlog) {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("server.errorlog: cannot open {:?}: {e}", cfg.server.errorlog);
+            eprintln!(
+                "server.errorlog: cannot open {:?}: {e}",
+                cfg.server.errorlog
+            );
             return ExitCode::from(1);
         }
     };
@@ -89,7 +104,8 @@ fn main() -> ExitCode {
         let cap = if args.confdir.is_some() {
             cfg.hstore.hint.hint_split_cap as usize
         } else {
-            beansdb_node::config::parse_size(beansdb_node::config::BUILDHINT_SPLIT_CAP_STR).unwrap_or(3 << 20) as usize
+            beansdb_node::config::parse_size(beansdb_node::config::BUILDHINT_SPLIT_CAP_STR)
+                .unwrap_or(3 << 20) as usize
         };
         let sc = beansdb_node::run::store_config(&cfg);
         return match beansdb_store::buildhint::build_hints(path, cap, sc.hint_index_interval) {

@@ -19,10 +19,13 @@ pub fn refresh(node: &Node) {
     let c = &node.counters;
     let g = |a: &std::sync::atomic::AtomicU64| Counters::get(a);
     counter!("beansdb_requests_total", "cmd" => "get", "result" => "hit").absolute(g(&c.get_hits));
-    counter!("beansdb_requests_total", "cmd" => "get", "result" => "miss").absolute(g(&c.get_misses));
+    counter!("beansdb_requests_total", "cmd" => "get", "result" => "miss")
+        .absolute(g(&c.get_misses));
     counter!("beansdb_requests_total", "cmd" => "set", "result" => "all").absolute(g(&c.cmd_set));
-    counter!("beansdb_requests_total", "cmd" => "delete", "result" => "all").absolute(g(&c.cmd_delete));
-    counter!("beansdb_requests_total", "cmd" => "any", "result" => "timeout").absolute(g(&c.timeouts));
+    counter!("beansdb_requests_total", "cmd" => "delete", "result" => "all")
+        .absolute(g(&c.cmd_delete));
+    counter!("beansdb_requests_total", "cmd" => "any", "result" => "timeout")
+        .absolute(g(&c.timeouts));
     gauge!("beansdb_connections").set(g(&c.curr_connections) as f64);
     counter!("beansdb_connections_total").absolute(g(&c.total_connections));
     counter!("beansdb_bytes_read_total").absolute(g(&c.bytes_read));

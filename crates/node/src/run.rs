@@ -102,7 +102,18 @@ pub async fn serve(cfg: NodeConfig, log: LogSink) -> anyhow::Result<()> {
         max_req: cfg.mc.max_req,
         timeout: std::time::Duration::from_millis(cfg.mc.timeout_ms),
     };
-    let node = Arc::new(Node::new(store.clone(), settings, Arc::new(Counters::default()), started));
+    let mut node = Node::new(
+        store.clone(),
+        settings,
+        Arc::new(Counters::default()),
+        started,
+    );
+    if !cfg.server.accesslog.is_empty() {
+        let log = crate::accesslog::AccessLog::open(&cfg.server.accesslog)
+            .with_context(|| format!("server.accesslog: cannot open {:?}", cfg.server.accesslog))?;
+        node.access_log = Some(Arc::new(log));
+    }
+    let node = Arc::new(node);
     admin.set_node(node.clone());
 
     let mc_addr = bind_addr(&cfg.server.listen, cfg.server.port)?;
@@ -112,16 +123,18 @@ pub async fn serve(cfg: NodeConfig, log: LogSink) -> anyhow::Result<()> {
     info!(addr = %mc_addr, version = crate::server::VERSION, "beansdb serving");
 
     let serve_task = tokio::spawn(node.clone().serve(mc, sd_rx.clone()));
-    wait_for_signal(&log).await;
+    wait_for_signal(&log, node.access_log.clone()).await;
     info!("shutting down");
     let _ = sd_tx.send(true);
     let _ = serve_task.await;
-    tokio::task::spawn_blocking(move || store.close()).await.ok();
+    tokio::task::spawn_blocking(move || store.close())
+        .await
+        .ok();
     info!("shutdown complete");
     Ok(())
 }
 
-async fn wait_for_signal(log: &LogSink) {
+async fn wait_for_signal(log: &LogSink, access: Option<Arc<crate::accesslog::AccessLog>>) {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int), Ok(mut hup), Ok(mut quit), Ok(mut usr1)) = (
         signal(SignalKind::terminate()),
@@ -141,6 +154,11 @@ async fn wait_for_signal(log: &LogSink) {
             _ = hup.recv() => return,
             _ = quit.recv() => return,
             _ = usr1.recv() => {
+                if let Some(a) = &access {
+                    if let Err(e) = a.reopen() {
+                        warn!(error = %e, "reopening the access log failed");
+                    }
+                }
                 if let Err(e) = log.reopen() {
                     warn!(error = %e, "reopening the log failed");
                 } else {

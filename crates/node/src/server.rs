@@ -1,6 +1,6 @@
 //! The memcached-protocol server: socket → codec → command → engine → codec.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -67,10 +67,14 @@ pub struct Node {
     pub started: Instant,
     pub start_unix: u64,
     hooks: TestHooks,
+    pub access_log: Option<Arc<crate::accesslog::AccessLog>>,
 }
 
 fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 enum Flow {
@@ -79,7 +83,12 @@ enum Flow {
 }
 
 impl Node {
-    pub fn new(store: Arc<Store>, settings: McSettings, counters: Arc<Counters>, started: Instant) -> Node {
+    pub fn new(
+        store: Arc<Store>,
+        settings: McSettings,
+        counters: Arc<Counters>,
+        started: Instant,
+    ) -> Node {
         let slots = Semaphore::new(settings.max_req.max(1));
         Node {
             store,
@@ -89,11 +98,16 @@ impl Node {
             started,
             start_unix: unix_now() - started.elapsed().as_secs(),
             hooks: TestHooks::from_env(),
+            access_log: None,
         }
     }
 
     /// Accepts connections until `shutdown` turns true, then waits up to 2 s for them.
-    pub async fn serve(self: Arc<Self>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
         let mut tasks = tokio::task::JoinSet::new();
         loop {
             tokio::select! {
@@ -122,6 +136,7 @@ impl Node {
 
     async fn connection(self: Arc<Self>, mut sock: TcpStream, mut shutdown: watch::Receiver<bool>) {
         let _ = sock.set_nodelay(true);
+        let remote = sock.peer_addr().map(|a| a.to_string()).unwrap_or_default();
         Counters::add(&self.counters.curr_connections, 1);
         Counters::add(&self.counters.total_connections, 1);
         let mut dec = RequestDecoder::new(DecoderConfig {
@@ -166,9 +181,11 @@ impl Node {
                         }
                     }
                     Decoded::Request(cmd) => {
-                        let (t0, ts) = line_seen.take().unwrap_or_else(|| (Instant::now(), unix_now() as u32));
+                        let (t0, ts) = line_seen
+                            .take()
+                            .unwrap_or_else(|| (Instant::now(), unix_now() as u32));
                         body_guard = None;
-                        if let Flow::Close = self.request(cmd, t0, ts, &mut out).await {
+                        if let Flow::Close = self.request(cmd, t0, ts, &remote, &mut out).await {
                             let _ = sock.write_all(&out).await;
                             break 'conn;
                         }
@@ -225,10 +242,20 @@ impl Node {
     }
 
     /// Executes one request and appends its reply (if any) to `out`.
-    async fn request(&self, cmd: Command, t0: Instant, ts: u32, out: &mut BytesMut) -> Flow {
+    async fn request(
+        &self,
+        cmd: Command,
+        t0: Instant,
+        ts: u32,
+        remote: &str,
+        out: &mut BytesMut,
+    ) -> Flow {
         let needs_slot = matches!(
             cmd,
-            Command::Get { .. } | Command::Set { .. } | Command::Delete { .. } | Command::Incr { .. }
+            Command::Get { .. }
+                | Command::Set { .. }
+                | Command::Delete { .. }
+                | Command::Incr { .. }
         );
         match &cmd {
             Command::Quit => return Flow::Close,
@@ -243,7 +270,11 @@ impl Node {
                 return Flow::Continue;
             }
             Command::OptimizeStat => {
-                out.extend_from_slice(if self.store.gc_running() { resp::RUNNING } else { resp::NONE });
+                out.extend_from_slice(if self.store.gc_running() {
+                    resp::RUNNING
+                } else {
+                    resp::NONE
+                });
                 return Flow::Continue;
             }
             Command::Stats { names } => {
@@ -293,7 +324,10 @@ impl Node {
             }
         }
         let mut reply = BytesMut::new();
-        let r = std::panic::catch_unwind(AssertUnwindSafe(|| self.execute(&cmd, ts, &mut reply)));
+        let mut sizes: Vec<usize> = Vec::new();
+        let r = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            self.execute(&cmd, ts, &mut reply, &mut sizes)
+        }));
         let durable = match r {
             Ok(d) => d,
             Err(_) => {
@@ -311,13 +345,86 @@ impl Node {
         if started.elapsed() > Duration::from_millis(100) {
             Counters::add(&self.counters.slow_cmd, 1);
         }
+        if let Some(log) = &self.access_log {
+            self.log_access(
+                log,
+                &cmd,
+                remote,
+                &reply,
+                &sizes,
+                started.elapsed().as_micros(),
+            );
+        }
         if !noreply {
             out.extend_from_slice(&reply);
         }
         Flow::Continue
     }
 
-    fn execute(&self, cmd: &Command, ts: u32, out: &mut BytesMut) -> Option<Durable> {
+    fn log_access(
+        &self,
+        log: &crate::accesslog::AccessLog,
+        cmd: &Command,
+        remote: &str,
+        reply: &[u8],
+        sizes: &[usize],
+        micros: u128,
+    ) {
+        let failed = reply.starts_with(b"SERVER_ERROR")
+            || reply.starts_with(b"CLIENT_ERROR")
+            || reply.starts_with(b"NOT_");
+        match cmd {
+            Command::Get { keys, gets } => {
+                let total: usize = sizes.iter().sum();
+                let multi = keys.len() > 1;
+                let name = match (multi, gets) {
+                    (true, true) => "GETSM",
+                    (true, false) => "GETM",
+                    (false, true) => "GETS",
+                    (false, false) => "GET",
+                };
+                let sz = if multi {
+                    sizes
+                        .iter()
+                        .map(|s| s.to_string())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                } else {
+                    total.to_string()
+                };
+                let ks: Vec<&[u8]> = keys.iter().map(|k| k.as_ref()).collect();
+                log.write(remote, name, total > 0 && !failed, &sz, micros, &ks);
+            }
+            Command::Set {
+                kind, key, value, ..
+            } => {
+                let name = kind.name().to_ascii_uppercase();
+                log.write(
+                    remote,
+                    &name,
+                    !failed,
+                    &value.len().to_string(),
+                    micros,
+                    &[key.as_ref()],
+                );
+            }
+            Command::Delete { key, .. } => {
+                log.write(remote, "DELETE", !failed, "0", micros, &[key.as_ref()])
+            }
+            Command::Incr { key, .. } => {
+                log.write(remote, "INCR", !failed, "0", micros, &[key.as_ref()])
+            }
+            _ => {}
+        }
+    }
+
+    fn execute(
+        &self,
+        cmd: &Command,
+        ts: u32,
+        out: &mut BytesMut,
+        sizes: &mut Vec<usize>,
+    ) -> Option<Durable> {
         if let Some(k) = &self.hooks.panic_key {
             if cmd_has_key(cmd, k) {
                 panic!("test hook: panic on key");
@@ -326,10 +433,17 @@ impl Node {
         let c = &self.counters;
         match cmd {
             Command::Get { keys, gets } => {
-                self.get(keys, *gets, out);
+                self.get(keys, *gets, out, sizes);
                 None
             }
-            Command::Set { kind, key, flag, exptime, value, .. } => {
+            Command::Set {
+                kind,
+                key,
+                flag,
+                exptime,
+                value,
+                ..
+            } => {
                 Counters::add(&c.cmd_set, 1);
                 Counters::add(&c.bytes_read, value.len() as u64);
                 if !kind.stores() {
@@ -398,16 +512,25 @@ impl Node {
         }
     }
 
-    fn get(&self, keys: &[Bytes], gets: bool, out: &mut BytesMut) {
+    /// Multi-key get; `sizes` receives one returned size per requested key (duplicates too).
+    fn get(&self, keys: &[Bytes], gets: bool, out: &mut BytesMut, sizes: &mut Vec<usize>) {
         let c = &self.counters;
         let single = keys.len() == 1;
-        let mut seen: HashSet<&[u8]> = HashSet::with_capacity(keys.len());
+        let mut seen: HashMap<&[u8], usize> = HashMap::with_capacity(keys.len());
         for key in keys {
-            if !seen.insert(key.as_ref()) {
+            if let Some(&n) = seen.get(key.as_ref()) {
+                sizes.push(n);
                 continue;
             }
             Counters::add(&c.cmd_get, 1);
-            match self.get_one(key) {
+            let got = self.get_one(key);
+            let n = match &got {
+                Ok(Some((_, d))) => d.len(),
+                _ => 0,
+            };
+            seen.insert(key.as_ref(), n);
+            sizes.push(n);
+            match got {
                 Ok(Some((flag, data))) => {
                     Counters::add(&c.get_hits, 1);
                     Counters::add(&c.bytes_written, data.len() as u64);
@@ -435,12 +558,19 @@ impl Node {
                 None => (false, rest),
             };
             if real.is_empty() {
-                return if with_pos { Ok(None) } else { Err(resp::SERVER_ERROR_BAD_KEY_Q) };
+                return if with_pos {
+                    Ok(None)
+                } else {
+                    Err(resp::SERVER_ERROR_BAD_KEY_Q)
+                };
             }
             return match self.store.meta(real) {
                 Ok(Some(m)) => {
                     let s = if with_pos {
-                        format!("{} {} {} {} {} {} {}", m.ver, m.vhash, m.flag, m.len, m.ts, m.chunk, m.offset)
+                        format!(
+                            "{} {} {} {} {} {} {}",
+                            m.ver, m.vhash, m.flag, m.len, m.ts, m.chunk, m.offset
+                        )
                     } else {
                         format!("{} {} {} {} {}", m.ver, m.vhash, m.flag, m.len, m.ts)
                     };
@@ -515,8 +645,14 @@ impl Node {
             ("rusage_user", ut.to_string()),
             ("rusage_system", st.to_string()),
             ("rusage_maxrss", maxrss.to_string()),
-            ("curr_connections", Counters::get(&c.curr_connections).to_string()),
-            ("total_connections", Counters::get(&c.total_connections).to_string()),
+            (
+                "curr_connections",
+                Counters::get(&c.curr_connections).to_string(),
+            ),
+            (
+                "total_connections",
+                Counters::get(&c.total_connections).to_string(),
+            ),
             ("cmd_get", Counters::get(&c.cmd_get).to_string()),
             ("cmd_set", Counters::get(&c.cmd_set).to_string()),
             ("cmd_delete", Counters::get(&c.cmd_delete).to_string()),
@@ -580,7 +716,9 @@ fn store_error(out: &mut BytesMut, e: &StoreError) {
 fn cmd_has_key(cmd: &Command, k: &[u8]) -> bool {
     match cmd {
         Command::Get { keys, .. } => keys.iter().any(|x| x.as_ref() == k),
-        Command::Set { key, .. } | Command::Delete { key, .. } | Command::Incr { key, .. } => key.as_ref() == k,
+        Command::Set { key, .. } | Command::Delete { key, .. } | Command::Incr { key, .. } => {
+            key.as_ref() == k
+        }
         _ => false,
     }
 }

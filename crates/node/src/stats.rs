@@ -43,7 +43,11 @@ pub fn rusage() -> (u64, u64, u64) {
     if rc != 0 {
         return (0, 0, 0);
     }
-    (ru.ru_utime.tv_sec as u64, ru.ru_stime.tv_sec as u64, ru.ru_maxrss as u64)
+    (
+        ru.ru_utime.tv_sec as u64,
+        ru.ru_stime.tv_sec as u64,
+        ru.ru_maxrss as u64,
+    )
 }
 
 /// Full rusage for `/rusage`.
@@ -70,7 +74,11 @@ pub fn thread_count() -> u64 {
 pub fn rss_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/statm")
         .ok()
-        .and_then(|s| s.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()))
+        .and_then(|s| {
+            s.split_whitespace()
+                .nth(1)
+                .and_then(|v| v.parse::<u64>().ok())
+        })
         .map(|pages| pages * 4096)
         .unwrap_or(0)
 }
