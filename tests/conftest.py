@@ -1,7 +1,8 @@
 """pytest fixtures shared by the Python test suite.
 
 `node_factory(**kw)` starts a `beansdb` node (see nodeproc.Node for the keyword arguments:
-home, numbucket, buckets, overrides = nested dict merged into global.yaml) and stops every node
+home, numbucket, buckets, overrides = nested dict merged into global.yaml, env = extra environment
+variables such as BEANSDB_TEST_HOOKS) and stops every node
 it started at teardown. The binary is $BEANSDB_BIN or <repo>/target/debug/beansdb; if it is
 missing the node tests FAIL (build it with `cargo build -p beansdb-node`), because CI must not
 silently skip them. Format-only tests (test_beansfmt.py) never need the binary.
@@ -32,12 +33,13 @@ def node_factory(node_binary, tmp_path):
     counter = [0]
 
     def start(home=None, numbucket=16, buckets=None, overrides=None, route_extra=None,
-              timeout=60.0, start=True):
+              timeout=60.0, start=True, env=None):
         counter[0] += 1
         workdir = tmp_path / ("node%d" % counter[0])
         workdir.mkdir()
         node = nodeproc.Node(node_binary, str(workdir), home=home, numbucket=numbucket,
-                             buckets=buckets, overrides=overrides, route_extra=route_extra)
+                             buckets=buckets, overrides=overrides, route_extra=route_extra,
+                             env=env)
         nodes.append(node)
         if start:
             node.start(timeout)

@@ -196,6 +196,18 @@ class RawClient:
             out[parts[1]] = parts[2] if len(parts) > 2 else ""
 
 
+def keys_in_bucket(bucket: int, n: int, prefix: str = "key", numbucket: int = 16) -> List[bytes]:
+    """The first `n` keys `<prefix><i>` (i = 0, 1, …) whose bucket is `bucket`."""
+    import beansfmt
+    out, i = [], 0
+    while len(out) < n:
+        k = ("%s%d" % (prefix, i)).encode()
+        if beansfmt.bucket_of(beansfmt.keyhash(k), numbucket) == bucket:
+            out.append(k)
+        i += 1
+    return out
+
+
 def mc_client(port: int, poll_timeout_ms: int = 5000):
     """libmc client: comp_threshold=0 (no client compression), do_split=False (no ~key/N chunks
     for values > 1,000,000 bytes). Use get_raw(key) -> (bytes|None, flag) and
@@ -212,8 +224,11 @@ class Node:
 
     def __init__(self, binary: str, workdir: str, home: Optional[str] = None, numbucket: int = 16,
                  buckets: Optional[Iterable[int]] = None, overrides: Optional[dict] = None,
-                 route_extra: Optional[dict] = None):
+                 route_extra: Optional[dict] = None, env: Optional[Dict[str, str]] = None):
         self.binary, self.workdir = binary, workdir
+        self.env = dict(env or {})
+        # optional callable(global_dict, route_dict) that may edit both before they are written
+        self.conf_hook = None
         self.home = home or os.path.join(workdir, "home")
         self.numbucket = numbucket
         self.buckets = list(range(numbucket)) if buckets is None else list(buckets)
@@ -233,6 +248,8 @@ class Node:
                  "main": [{"addr": "127.0.0.1:%d" % self.port,
                            "buckets": ["%0*x" % (digits, b) for b in self.buckets]}]}
         route.update(self.route_extra)
+        if self.conf_hook is not None:
+            self.conf_hook(g, route)
         with open(os.path.join(self.confdir, "global.yaml"), "w") as f:
             yaml.safe_dump(g, f, default_flow_style=False, sort_keys=False)
         with open(os.path.join(self.confdir, "route.yaml"), "w") as f:
@@ -262,8 +279,10 @@ class Node:
             self.write_conf()
             out = open(os.path.join(self.workdir, "node.stdout"), "ab")
             err = open(os.path.join(self.workdir, "node.stderr"), "ab")
+            penv = dict(os.environ)
+            penv.update(self.env)
             self.proc = subprocess.Popen([self.binary, "-confdir", self.confdir], cwd=self.workdir,
-                                         stdout=out, stderr=err, stdin=subprocess.DEVNULL)
+                                         stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=penv)
             out.close()
             err.close()
             try:
