@@ -51,8 +51,8 @@ impl Admin {
         let _ = self.node.set(node);
     }
 
-    pub(crate) fn node(&self) -> Result<&Arc<Node>, Response> {
-        self.node.get().ok_or_else(|| "starting".into_response())
+    pub(crate) fn node(&self) -> Option<&Arc<Node>> {
+        self.node.get()
     }
 }
 
@@ -81,6 +81,11 @@ pub fn router(admin: Arc<Admin>) -> Router {
         .route("/metrics", get(metrics_text))
         .route("/debug/pprof/heap", get(heap_profile))
         .with_state(admin)
+}
+
+/// Store-dependent endpoints answer this until the buckets are loaded.
+pub(crate) fn starting() -> Response {
+    "starting".into_response()
 }
 
 fn json_response(v: impl serde::Serialize) -> Response {
@@ -126,7 +131,7 @@ pub(crate) fn bucket_links(admin: &Admin) -> String {
 
 fn bucket_json(node: &Node, info: &BucketInfo) -> Value {
     let last_gc = crate::http_gc::last_gc(node, info.id);
-    let hint_state = if info.gc_running { 4 } else { 0 };
+    let hint_state = info.hint_state;
     json!({
         "State": 2,
         "ID": info.id,
@@ -147,9 +152,8 @@ fn bucket_json(node: &Node, info: &BucketInfo) -> Value {
 }
 
 async fn bucket(State(admin): St, Path(id): Path<String>) -> Response {
-    let node = match admin.node() {
-        Ok(n) => n,
-        Err(r) => return r,
+    let Some(node) = admin.node() else {
+        return starting();
     };
     if id == "all" {
         let all: Vec<Value> = node
@@ -190,9 +194,8 @@ pub(crate) fn disk_root(dir: &std::path::Path) -> String {
 }
 
 async fn du(State(admin): St) -> Response {
-    let node = match admin.node() {
-        Ok(n) => n,
-        Err(r) => return r,
+    let Some(node) = admin.node() else {
+        return starting();
     };
     let mut disks: BTreeMap<String, Value> = BTreeMap::new();
     let mut hexes: BTreeMap<String, u64> = BTreeMap::new();
@@ -234,9 +237,8 @@ async fn logbufall(State(admin): St) -> String {
 }
 
 async fn statgetset(State(admin): St) -> Response {
-    let node = match admin.node() {
-        Ok(n) => n,
-        Err(r) => return r,
+    let Some(node) = admin.node() else {
+        return starting();
     };
     let mut s = String::new();
     for i in 0..admin.numbucket {
@@ -253,9 +255,8 @@ async fn statgetset(State(admin): St) -> Response {
 }
 
 async fn collision(State(admin): St, Path(id): Path<String>) -> Response {
-    let node = match admin.node() {
-        Ok(n) => n,
-        Err(r) => return r,
+    let Some(node) = admin.node() else {
+        return starting();
     };
     match parse_bucket(&admin, &id).and_then(|b| node.store.bucket(b)) {
         Some(b) => b.collision_yaml().into_response(),
@@ -264,9 +265,8 @@ async fn collision(State(admin): St, Path(id): Path<String>) -> Response {
 }
 
 async fn hash(State(admin): St, Path(khash): Path<String>) -> Response {
-    let node = match admin.node() {
-        Ok(n) => n,
-        Err(r) => return r,
+    let Some(node) = admin.node() else {
+        return starting();
     };
     let Ok(kh) = u64::from_str_radix(&khash, 16) else {
         return (StatusCode::BAD_REQUEST, "bad keyhash").into_response();
@@ -303,7 +303,7 @@ async fn rusage() -> Response {
 }
 
 async fn metrics_text(State(admin): St) -> Response {
-    if let Ok(node) = admin.node() {
+    if let Some(node) = admin.node() {
         crate::metrics::refresh(node);
     }
     match &admin.prometheus {

@@ -149,6 +149,7 @@ impl Node {
         // Receive time of a command whose body is still arriving.
         let mut line_seen: Option<(Instant, u32)> = None;
         let mut body_guard: Option<Tracked> = None;
+        let mut stopping = *shutdown.borrow();
         'conn: loop {
             loop {
                 let decoded = dec.decode(&mut buf);
@@ -227,14 +228,16 @@ impl Node {
             } else if buf.capacity() - buf.len() < 4096 {
                 buf.reserve(16 << 10);
             }
+            // On shutdown, finish a request whose body is arriving, then close.
+            if stopping && dec.pending_body().is_none() {
+                break;
+            }
             tokio::select! {
                 r = sock.read_buf(&mut buf) => match r {
                     Ok(0) | Err(_) => break,
                     Ok(_) => {}
                 },
-                _ = shutdown.changed() => {
-                    if dec.pending_body().is_none() { break; }
-                }
+                _ = shutdown.changed(), if !stopping => stopping = true,
             }
         }
         drop(body_guard);

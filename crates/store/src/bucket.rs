@@ -10,7 +10,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -26,8 +26,7 @@ use crate::datafile::{read_record_at, DataStreamReader};
 use crate::error::StoreError;
 use crate::hint::{
     data_file_name, hint_file_name, htree_file_name, parse_file_name, read_hint_file,
-    write_file_atomic, write_hint_file, FileName, HintItem, COLLISION_FILE_NAME,
-    NEXTGC_FILE_NAME,
+    write_file_atomic, write_hint_file, FileName, HintItem, COLLISION_FILE_NAME, NEXTGC_FILE_NAME,
 };
 use crate::htree::{HTree, ItemMeta, NodeSum};
 use crate::nextgc::read_next_gc;
@@ -47,24 +46,24 @@ pub(crate) struct Pending {
 }
 
 #[derive(Clone, Copy, Debug)]
-struct HintSlot {
-    keyhash: u64,
-    offset: u32,
-    ver: i32,
-    vhash: u16,
+pub(crate) struct HintSlot {
+    pub keyhash: u64,
+    pub offset: u32,
+    pub ver: i32,
+    pub vhash: u16,
 }
 
 #[derive(Default)]
-struct HintSplit {
-    items: HashMap<Vec<u8>, HintSlot>,
-    datasize: u32,
-    dumped: bool,
+pub(crate) struct HintSplit {
+    pub items: HashMap<Vec<u8>, HintSlot>,
+    pub datasize: u32,
+    pub dumped: bool,
 }
 
 /// In-memory hint splits of one chunk; `first` is the number of the first split here.
-struct ChunkHints {
-    first: u32,
-    splits: Vec<HintSplit>,
+pub(crate) struct ChunkHints {
+    pub first: u32,
+    pub splits: Vec<HintSplit>,
     last_add: Instant,
 }
 
@@ -84,7 +83,7 @@ pub(crate) struct Inner {
     pub head_size: u64,
     pub queue: VecDeque<Pending>,
     next_seq: u64,
-    hints: BTreeMap<u32, ChunkHints>,
+    pub(crate) hints: BTreeMap<u32, ChunkHints>,
     pub tree_id: (u32, i32),
     pub next_gc: u32,
     pub write_error: Option<String>,
@@ -97,13 +96,18 @@ pub(crate) struct Inner {
 pub struct Bucket {
     pub id: usize,
     pub dir: PathBuf,
-    cfg: Arc<StoreConfig>,
+    pub(crate) cfg: Arc<StoreConfig>,
     pub(crate) inner: Mutex<Inner>,
     read_files: RwLock<HashMap<u32, Arc<File>>>,
     durable: watch::Sender<u64>,
     signal: Arc<WriterSignal>,
     pub counters: BucketCounters,
     pub gc_running: AtomicBool,
+    /// Bumped whenever GC switches index entries to new positions (read retry, §6.2).
+    pub(crate) gc_epoch: AtomicU64,
+    pub(crate) gc: Mutex<crate::gc::GcControl>,
+    /// HintState bits of BucketInfo (§8.2).
+    pub(crate) hint_state: AtomicU32,
 }
 
 /// What a read found.
@@ -212,16 +216,19 @@ impl Bucket {
             signal,
             counters: BucketCounters::default(),
             gc_running: AtomicBool::new(false),
+            gc_epoch: AtomicU64::new(0),
+            gc: Mutex::new(crate::gc::GcControl::default()),
+            hint_state: AtomicU32::new(0),
         };
         b.recover()?;
         Ok(b)
     }
 
-    fn path(&self, name: &str) -> PathBuf {
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
         self.dir.join(name)
     }
 
-    fn fsync_meta(&self) -> bool {
+    pub(crate) fn fsync_meta(&self) -> bool {
         self.cfg.fsync != FsyncPolicy::Never
     }
 
@@ -242,9 +249,11 @@ impl Bucket {
                     let size = e.metadata().map(|m| m.len()).unwrap_or(0);
                     data.insert(c, size);
                 }
-                Some(FileName::Hint { chunk, split, merged }) => {
-                    hints.entry(chunk).or_default().push((split, merged))
-                }
+                Some(FileName::Hint {
+                    chunk,
+                    split,
+                    merged,
+                }) => hints.entry(chunk).or_default().push((split, merged)),
                 Some(FileName::HTree { chunk, split }) => trees.push((chunk, split)),
                 _ => {}
             }
@@ -275,7 +284,12 @@ impl Bucket {
                 broken += item.broken_before;
             }
             if broken > 0 {
-                warn!(bucket = self.id, chunk = c, bytes = broken, "corrupt records skipped in data file");
+                warn!(
+                    bucket = self.id,
+                    chunk = c,
+                    bytes = broken,
+                    "corrupt records skipped in data file"
+                );
             }
             let end = reader.last_valid_end().max(start);
             if end != *size {
@@ -337,15 +351,18 @@ impl Bucket {
         while let Some((c, s)) = trees.pop() {
             let p = self.path(&htree_file_name(c, s));
             if !loaded_tree && newest.is_some_and(|n| c <= n) {
-                match fs::read(&p).map_err(|e| e.to_string()).and_then(|d| {
-                    inner.tree.load(&d).map_err(|e| e.to_string())
-                }) {
+                match fs::read(&p)
+                    .map_err(|e| e.to_string())
+                    .and_then(|d| inner.tree.load(&d).map_err(|e| e.to_string()))
+                {
                     Ok(()) => {
                         tree_id = (c, s as i32);
                         loaded_tree = true;
                         continue;
                     }
-                    Err(e) => warn!(bucket = self.id, file = %p.display(), error = %e, "bad htree dump, rebuilding"),
+                    Err(e) => {
+                        warn!(bucket = self.id, file = %p.display(), error = %e, "bad htree dump, rebuilding")
+                    }
                 }
             }
             let _ = fs::remove_file(&p);
@@ -381,7 +398,12 @@ impl Bucket {
                     if it.ver > 0 {
                         inner.tree.set(
                             it.keyhash,
-                            ItemMeta { chunk: c, offset: it.offset, ver: it.ver, vhash: it.vhash },
+                            ItemMeta {
+                                chunk: c,
+                                offset: it.offset,
+                                ver: it.ver,
+                                vhash: it.vhash,
+                            },
                         );
                     } else {
                         inner.tree.remove(it.keyhash);
@@ -399,7 +421,9 @@ impl Bucket {
         }
         match CollisionTable::load(self.path(COLLISION_FILE_NAME)) {
             Ok(t) => inner.collisions = t,
-            Err(e) => warn!(bucket = self.id, error = %e, "unreadable collision.yaml, starting empty"),
+            Err(e) => {
+                warn!(bucket = self.id, error = %e, "unreadable collision.yaml, starting empty")
+            }
         }
         match read_next_gc(self.path(NEXTGC_FILE_NAME)) {
             Ok(Some(n)) => inner.next_gc = n,
@@ -422,7 +446,11 @@ impl Bucket {
     ) -> Vec<crate::hint::HintFile> {
         let mut out = Vec::new();
         let Some(present) = present else { return out };
-        let mut nums: Vec<u32> = present.iter().filter(|(_, m)| !m).map(|(s, _)| *s).collect();
+        let mut nums: Vec<u32> = present
+            .iter()
+            .filter(|(_, m)| !m)
+            .map(|(s, _)| *s)
+            .collect();
         nums.sort();
         let mut ok = true;
         for (i, s) in nums.iter().enumerate() {
@@ -433,7 +461,9 @@ impl Bucket {
                         out.push(h);
                         continue;
                     }
-                    Ok(_) => warn!(file = %p.display(), "hint file covers more than its data file, rebuilding"),
+                    Ok(_) => {
+                        warn!(file = %p.display(), "hint file covers more than its data file, rebuilding")
+                    }
                     Err(e) => warn!(file = %p.display(), error = %e, "bad hint file, rebuilding"),
                 }
             }
@@ -467,10 +497,25 @@ impl Bucket {
         let mut list: Vec<HintItem> = items.into_values().collect();
         crate::hint::sort_hint_items(&mut list);
         let p = self.path(&hint_file_name(chunk, split, false));
-        write_hint_file(&p, &mut list, datasize, self.cfg.hint_index_interval, self.fsync_meta())
-            .map_err(|e| StoreError::io(&p, e))?;
-        info!(bucket = self.id, chunk, split, items = list.len(), "hint split rebuilt from data");
-        Ok(Some(crate::hint::HintFile { datasize, items: list }))
+        write_hint_file(
+            &p,
+            &mut list,
+            datasize,
+            self.cfg.hint_index_interval,
+            self.fsync_meta(),
+        )
+        .map_err(|e| StoreError::io(&p, e))?;
+        info!(
+            bucket = self.id,
+            chunk,
+            split,
+            items = list.len(),
+            "hint split rebuilt from data"
+        );
+        Ok(Some(crate::hint::HintFile {
+            datasize,
+            items: list,
+        }))
     }
 
     // ------------------------------------------------------------------ reads
@@ -479,17 +524,24 @@ impl Bucket {
         if let Some(f) = self.read_files.read().get(&chunk) {
             return Ok(f.clone());
         }
+        // Open under the write lock so a concurrent `forget_file` (GC replaced or deleted the
+        // file) cannot be overtaken by the insertion of a handle to the old file.
+        let mut files = self.read_files.write();
+        if let Some(f) = files.get(&chunk) {
+            return Ok(f.clone());
+        }
         let f = Arc::new(File::open(self.path(&data_file_name(chunk)))?);
-        self.read_files.write().insert(chunk, f.clone());
+        files.insert(chunk, f.clone());
         Ok(f)
     }
 
+    /// Drops the cached read handle of a chunk whose file GC renamed over or deleted.
     pub(crate) fn forget_file(&self, chunk: u32) {
         self.read_files.write().remove(&chunk);
     }
 
     /// Current (version, vhash, position) of `key`, collision table first.
-    fn lookup(inner: &Inner, keyhash: u64, key: &[u8]) -> Option<ItemMeta> {
+    pub(crate) fn lookup(inner: &Inner, keyhash: u64, key: &[u8]) -> Option<ItemMeta> {
         if inner.collisions.contains_keyhash(keyhash) {
             return inner.collisions.get(keyhash, key).map(|e| ItemMeta {
                 chunk: e.chunk_id,
@@ -511,9 +563,16 @@ impl Bucket {
     }
 
     /// Reads the record at a position: from the queue if not yet written, else from disk.
-    fn read_at(&self, queued: Option<Arc<Vec<u8>>>, chunk: u32, offset: u32) -> Result<Record, String> {
+    fn read_at(
+        &self,
+        queued: Option<Arc<Vec<u8>>>,
+        chunk: u32,
+        offset: u32,
+    ) -> Result<Record, String> {
         if let Some(buf) = queued {
-            return Record::decode(&buf).map(|(r, _)| r).map_err(|e| e.to_string());
+            return Record::decode(&buf)
+                .map(|(r, _)| r)
+                .map_err(|e| e.to_string());
         }
         let f = self.read_file(chunk).map_err(|e| e.to_string())?;
         read_record_at(&f, offset as u64).map_err(|e| e.to_string())
@@ -521,12 +580,37 @@ impl Bucket {
 
     /// Finds the record of `key` (live or tombstone).
     pub fn find(&self, keyhash: u64, key: &[u8]) -> Result<Option<Found>, StoreError> {
+        self.find_opt(keyhash, key, false)
+    }
+
+    /// Finds the live record of `key`; a tombstone is a miss without disk I/O (§3.8).
+    pub fn find_live(&self, keyhash: u64, key: &[u8]) -> Result<Option<Found>, StoreError> {
+        self.find_opt(keyhash, key, true)
+    }
+
+    fn find_opt(
+        &self,
+        keyhash: u64,
+        key: &[u8],
+        live_only: bool,
+    ) -> Result<Option<Found>, StoreError> {
         for attempt in 0..2 {
-            let (meta, q) = {
+            let (meta, q, epoch) = {
                 let inner = self.inner.lock();
-                let Some(m) = Self::lookup(&inner, keyhash, key) else { return Ok(None) };
+                let Some(m) = Self::lookup(&inner, keyhash, key) else {
+                    return Ok(None);
+                };
+                if live_only && m.ver <= 0 {
+                    return Ok(None);
+                }
                 let q = Self::queued(&inner, m.chunk, m.offset);
-                (m, q)
+                (m, q, self.gc_epoch.load(Ordering::Acquire))
+            };
+            // A GC may have moved the record between the lookup and the read: look again once.
+            let moved = || {
+                attempt == 0
+                    && (self.gc_running.load(Ordering::Acquire)
+                        || self.gc_epoch.load(Ordering::Acquire) != epoch)
             };
             match self.read_at(q, meta.chunk, meta.offset) {
                 Ok(rec) if rec.key == key => {
@@ -539,10 +623,13 @@ impl Bucket {
                     }))
                 }
                 Ok(rec) if beansdb_hash::keyhash(&rec.key) == keyhash => {
+                    if attempt == 0 && self.gc_epoch.load(Ordering::Acquire) != epoch {
+                        continue;
+                    }
                     return self.resolve_collision(keyhash, key, rec, meta);
                 }
                 Ok(rec) => {
-                    if attempt == 0 && self.gc_running.load(Ordering::Relaxed) {
+                    if moved() {
                         continue;
                     }
                     crate::metrics::READ_ERRORS.fetch_add(1, Ordering::Relaxed);
@@ -551,7 +638,7 @@ impl Bucket {
                     return Err(StoreError::ReadFailed("key mismatch".into()));
                 }
                 Err(e) => {
-                    if attempt == 0 && self.gc_running.load(Ordering::Relaxed) {
+                    if moved() {
                         continue;
                     }
                     crate::metrics::READ_ERRORS.fetch_add(1, Ordering::Relaxed);
@@ -608,17 +695,30 @@ impl Bucket {
             None => Ok(None),
             Some(m) => {
                 let q = Self::queued(&self.inner.lock(), m.chunk, m.offset);
-                let rec = self.read_at(q, m.chunk, m.offset).map_err(StoreError::ReadFailed)?;
+                let rec = self
+                    .read_at(q, m.chunk, m.offset)
+                    .map_err(StoreError::ReadFailed)?;
                 if rec.key != key {
                     return Err(StoreError::ReadFailed("collision record mismatch".into()));
                 }
-                Ok(Some(Found { record: rec, ver: m.ver, vhash: m.vhash, chunk: m.chunk, offset: m.offset }))
+                Ok(Some(Found {
+                    record: rec,
+                    ver: m.ver,
+                    vhash: m.vhash,
+                    chunk: m.chunk,
+                    offset: m.offset,
+                }))
             }
         }
     }
 
     /// Table updates from set/get keep the newer position; GC (`force`) overwrites.
-    fn collision_put(t: &mut CollisionTable, key: Vec<u8>, e: CollisionEntry, force: bool) {
+    pub(crate) fn collision_put(
+        t: &mut CollisionTable,
+        key: Vec<u8>,
+        e: CollisionEntry,
+        force: bool,
+    ) {
         if !force {
             if let Some(old) = t.get(e.keyhash, &key) {
                 if pos_key(old.chunk_id, old.offset) > pos_key(e.chunk_id, e.offset) {
@@ -644,7 +744,12 @@ impl Bucket {
             for (&c, ch) in inner.hints.iter().rev() {
                 for sp in ch.splits.iter().rev() {
                     if let Some(s) = sp.items.get(key) {
-                        found = Some(ItemMeta { chunk: c, offset: s.offset, ver: s.ver, vhash: s.vhash });
+                        found = Some(ItemMeta {
+                            chunk: c,
+                            offset: s.offset,
+                            ver: s.ver,
+                            vhash: s.vhash,
+                        });
                         break;
                     }
                 }
@@ -664,8 +769,17 @@ impl Bucket {
             loop {
                 let p = self.path(&hint_file_name(c, s, false));
                 let Ok(h) = read_hint_file(&p) else { break };
-                if let Some(it) = h.items.iter().find(|it| it.keyhash == keyhash && it.key == key) {
-                    hit = Some(ItemMeta { chunk: c, offset: it.offset, ver: it.ver, vhash: it.vhash });
+                if let Some(it) = h
+                    .items
+                    .iter()
+                    .find(|it| it.keyhash == keyhash && it.key == key)
+                {
+                    hit = Some(ItemMeta {
+                        chunk: c,
+                        offset: it.offset,
+                        ver: it.ver,
+                        vhash: it.vhash,
+                    });
                 }
                 s += 1;
             }
@@ -678,7 +792,9 @@ impl Bucket {
     }
 
     pub fn meta(&self, keyhash: u64, key: &[u8]) -> Result<Option<KeyMeta>, StoreError> {
-        let Some(f) = self.find(keyhash, key)? else { return Ok(None) };
+        let Some(f) = self.find(keyhash, key)? else {
+            return Ok(None);
+        };
         let flag = f.record.flag & !FLAG_COMPRESSED;
         let len = if f.record.flag & FLAG_COMPRESSED != 0 {
             qlz_header_sizes(&f.record.value)
@@ -702,10 +818,14 @@ impl Bucket {
     pub fn raw(&self, keyhash: u64) -> Result<Option<Record>, StoreError> {
         let (m, q) = {
             let inner = self.inner.lock();
-            let Some(m) = inner.tree.get(keyhash) else { return Ok(None) };
+            let Some(m) = inner.tree.get(keyhash) else {
+                return Ok(None);
+            };
             (m, Self::queued(&inner, m.chunk, m.offset))
         };
-        self.read_at(q, m.chunk, m.offset).map(Some).map_err(StoreError::ReadFailed)
+        self.read_at(q, m.chunk, m.offset)
+            .map(Some)
+            .map_err(StoreError::ReadFailed)
     }
 
     pub fn node_sum(&self) -> NodeSum {
@@ -740,19 +860,26 @@ impl Bucket {
     ) -> Result<WriteOutcome, StoreError> {
         let prepared = self.prepare(key, flag, req_ver, value, ts);
         let mut inner = self.inner.lock();
-        let r = self.commit(&mut inner, keyhash, key, flag, req_ver, value, prepared);
+        let r = self.commit(
+            &mut inner, keyhash, key, flag, req_ver, value, prepared, true,
+        );
         drop(inner);
         self.finish(r)
     }
 
-    fn finish(&self, r: Result<Option<Option<u64>>, StoreError>) -> Result<WriteOutcome, StoreError> {
+    fn finish(
+        &self,
+        r: Result<Option<Option<u64>>, StoreError>,
+    ) -> Result<WriteOutcome, StoreError> {
         match r? {
             None => Ok(WriteOutcome::NotFound),
             Some(None) => Ok(WriteOutcome::Done(None)),
             Some(Some(seq)) => {
                 self.signal.wake();
-                let durable = (self.cfg.fsync == FsyncPolicy::Always)
-                    .then(|| Durable { rx: self.durable.subscribe(), seq });
+                let durable = (self.cfg.fsync == FsyncPolicy::Always).then(|| Durable {
+                    rx: self.durable.subscribe(),
+                    seq,
+                });
                 Ok(WriteOutcome::Done(durable))
             }
         }
@@ -761,7 +888,11 @@ impl Bucket {
     /// Compression and encoding of everything but the version and CRC, outside the lock.
     fn prepare(&self, key: &[u8], flag: u32, req_ver: i32, value: &[u8], ts: u32) -> Prepared {
         let tombstone = req_ver < 0;
-        let vhash = if tombstone { 0 } else { beansdb_hash::vhash(value) };
+        let vhash = if tombstone {
+            0
+        } else {
+            beansdb_hash::vhash(value)
+        };
         let (stored_flag, stored): (u32, std::borrow::Cow<[u8]>) = if tombstone {
             (0, std::borrow::Cow::Borrowed(&[][..]))
         } else {
@@ -783,7 +914,12 @@ impl Bucket {
         buf.resize(padded, 0);
         let mut tail_crc = crc32fast::Hasher::new();
         tail_crc.update(&buf[HEADER_SIZE..rec_len]);
-        Prepared { buf, tail_crc, vhash, tombstone }
+        Prepared {
+            buf,
+            tail_crc,
+            vhash,
+            tombstone,
+        }
     }
 
     /// Applies the version rules (§3.7) under the write lock and queues the record.
@@ -799,8 +935,14 @@ impl Bucket {
         req_ver: i32,
         value: &[u8],
         p: Prepared,
+        allow_skip: bool,
     ) -> Result<Option<Option<u64>>, StoreError> {
-        let Prepared { mut buf, tail_crc, vhash, tombstone } = p;
+        let Prepared {
+            mut buf,
+            tail_crc,
+            vhash,
+            tombstone,
+        } = p;
         let padded = buf.len();
         if let Some(e) = &inner.write_error {
             return Err(StoreError::WriteFailed(e.clone()));
@@ -810,7 +952,7 @@ impl Bucket {
         let old_abs = old_ver.unsigned_abs() as i64;
 
         // Same-value skip (D5): only when the stored bytes are really equal.
-        if self.cfg.check_vhash && !tombstone && req_ver >= 0 && old_ver > 0 {
+        if allow_skip && self.cfg.check_vhash && !tombstone && req_ver >= 0 && old_ver > 0 {
             if let Some(m) = old.filter(|m| m.vhash == vhash) {
                 let q = Self::queued(inner, m.chunk, m.offset);
                 if let Ok(rec) = self.read_at(q, m.chunk, m.offset) {
@@ -877,10 +1019,26 @@ impl Bucket {
             _tracked: tracked,
         });
         inner.head_size += padded as u64;
-        let meta = ItemMeta { chunk, offset, ver: new_ver, vhash };
+        let meta = ItemMeta {
+            chunk,
+            offset,
+            ver: new_ver,
+            vhash,
+        };
         Self::index_put(inner, keyhash, key, meta);
         let end = offset + padded as u32;
-        self.add_hint(inner, chunk, key, HintSlot { keyhash, offset, ver: new_ver, vhash }, end);
+        self.add_hint(
+            inner,
+            chunk,
+            key,
+            HintSlot {
+                keyhash,
+                offset,
+                ver: new_ver,
+                vhash,
+            },
+            end,
+        );
         Ok(Some(Some(seq)))
     }
 
@@ -902,7 +1060,14 @@ impl Bucket {
         inner.tree.set(keyhash, meta);
     }
 
-    fn add_hint(&self, inner: &mut Inner, chunk: u32, key: &[u8], slot: HintSlot, end: u32) {
+    pub(crate) fn add_hint(
+        &self,
+        inner: &mut Inner,
+        chunk: u32,
+        key: &[u8],
+        slot: HintSlot,
+        end: u32,
+    ) {
         let cap = self.cfg.hint_split_cap.max(1);
         let ch = inner.hints.entry(chunk).or_insert_with(|| ChunkHints {
             first: self.existing_splits(chunk),
@@ -910,10 +1075,12 @@ impl Bucket {
             last_add: Instant::now(),
         });
         ch.last_add = Instant::now();
+        // A split already written to disk is closed: later items (GC appending to an older
+        // chunk) start a new one, else they would never be dumped.
         let full = ch
             .splits
             .last()
-            .is_some_and(|s| s.items.len() >= cap && !s.items.contains_key(key));
+            .is_none_or(|s| s.dumped || (s.items.len() >= cap && !s.items.contains_key(key)));
         if full {
             ch.splits.push(HintSplit::default());
         }
@@ -938,6 +1105,15 @@ impl Bucket {
     /// after 5 s without writes; everything when `all` (shutdown). Only splits whose data is on
     /// disk are written, so a hint never claims more than its data file holds.
     pub(crate) fn dump_hints_locked(&self, inner: &mut Inner, all: bool) {
+        self.dump_hints_inner(inner, all, None);
+    }
+
+    /// Also writes the last split of `chunk` now (GC destinations are finished at once).
+    pub(crate) fn dump_chunk_hints_locked(&self, inner: &mut Inner, chunk: u32) {
+        self.dump_hints_inner(inner, false, Some(chunk));
+    }
+
+    fn dump_hints_inner(&self, inner: &mut Inner, all: bool, force: Option<u32>) {
         let head = inner.head;
         let sizes = inner.chunk_sizes.clone();
         let mut dumped = Vec::new();
@@ -950,7 +1126,7 @@ impl Bucket {
                     continue;
                 }
                 let last = i + 1 == n;
-                let due = all || !last || (c < head && idle);
+                let due = all || !last || force == Some(c) || (c < head && idle);
                 if !due || sp.datasize as u64 > on_disk {
                     continue;
                 }
@@ -968,7 +1144,13 @@ impl Bucket {
                     .collect();
                 let split = ch.first + i as u32;
                 let p = self.path(&hint_file_name(c, split, false));
-                match write_hint_file(&p, &mut items, sp.datasize, self.cfg.hint_index_interval, self.fsync_meta()) {
+                match write_hint_file(
+                    &p,
+                    &mut items,
+                    sp.datasize,
+                    self.cfg.hint_index_interval,
+                    self.fsync_meta(),
+                ) {
                     Ok(()) => {
                         sp.dumped = true;
                         sp.items = HashMap::new();
@@ -984,7 +1166,9 @@ impl Bucket {
             }
         }
         // Drop chunks whose splits are all on disk.
-        inner.hints.retain(|&c, ch| c == head || ch.splits.iter().any(|s| !s.dumped));
+        inner
+            .hints
+            .retain(|&c, ch| c == head || ch.splits.iter().any(|s| !s.dumped));
     }
 
     /// Writes `.idx.hash` named after the newest hint split on disk; removes older dumps.
@@ -994,10 +1178,12 @@ impl Bucket {
         if let Ok(rd) = fs::read_dir(&self.dir) {
             for e in rd.flatten() {
                 match parse_file_name(&e.file_name().to_string_lossy()) {
-                    Some(FileName::Hint { chunk, split, merged: false }) => {
-                        if newest.is_none_or(|n| (chunk, split) > n) {
-                            newest = Some((chunk, split));
-                        }
+                    Some(FileName::Hint {
+                        chunk,
+                        split,
+                        merged: false,
+                    }) if newest.is_none_or(|n| (chunk, split) > n) => {
+                        newest = Some((chunk, split));
                     }
                     Some(FileName::HTree { chunk, split }) => old_trees.push((chunk, split)),
                     _ => {}
@@ -1006,7 +1192,11 @@ impl Bucket {
         }
         let Some((c, s)) = newest else { return };
         // Everything replayed must be covered by hint files, else a restart would skip it.
-        if inner.hints.values().any(|ch| ch.splits.iter().any(|sp| !sp.dumped && !sp.items.is_empty())) {
+        if inner.hints.values().any(|ch| {
+            ch.splits
+                .iter()
+                .any(|sp| !sp.dumped && !sp.items.is_empty())
+        }) {
             return;
         }
         let data = inner.tree.dump();
@@ -1038,14 +1228,19 @@ impl Bucket {
         let old = match Self::lookup(&inner, keyhash, key) {
             Some(m) if m.ver > 0 => {
                 let q = Self::queued(&inner, m.chunk, m.offset);
-                let rec = self.read_at(q, m.chunk, m.offset).map_err(StoreError::ReadFailed)?;
+                let rec = self
+                    .read_at(q, m.chunk, m.offset)
+                    .map_err(StoreError::ReadFailed)?;
                 let (flag, v) = rec.client_view();
                 if rec.key != key {
                     0
                 } else if flag != FLAG_INCR || v.len() > 22 {
                     return Ok((0, None));
                 } else {
-                    match std::str::from_utf8(&v).ok().and_then(|s| s.parse::<i64>().ok()) {
+                    match std::str::from_utf8(&v)
+                        .ok()
+                        .and_then(|s| s.parse::<i64>().ok())
+                    {
                         Some(n) => n,
                         None => return Ok((0, None)),
                     }
@@ -1056,7 +1251,17 @@ impl Bucket {
         let new = old.wrapping_add(delta);
         let text = new.to_string();
         let p = self.prepare(key, FLAG_INCR, 0, text.as_bytes(), ts);
-        let r = self.commit(&mut inner, keyhash, key, FLAG_INCR, 0, text.as_bytes(), p);
+        // incr is written like a set but never skipped as a same-value write (§3.8).
+        let r = self.commit(
+            &mut inner,
+            keyhash,
+            key,
+            FLAG_INCR,
+            0,
+            text.as_bytes(),
+            p,
+            false,
+        );
         drop(inner);
         match self.finish(r)? {
             WriteOutcome::Done(d) => Ok((new, d)),
@@ -1067,10 +1272,17 @@ impl Bucket {
     // ------------------------------------------------------------------ writer side
 
     /// Writes everything queued. Returns the files touched (for interval fsync).
-    pub(crate) fn flush_queue(&self, files: &mut HashMap<u32, File>) -> Result<Vec<u32>, StoreError> {
+    pub(crate) fn flush_queue(
+        &self,
+        files: &mut HashMap<u32, File>,
+    ) -> Result<Vec<u32>, StoreError> {
         let batch: Vec<(u32, u32, Arc<Vec<u8>>, u64)> = {
             let inner = self.inner.lock();
-            inner.queue.iter().map(|p| (p.chunk, p.offset, p.data.clone(), p.seq)).collect()
+            inner
+                .queue
+                .iter()
+                .map(|p| (p.chunk, p.offset, p.data.clone(), p.seq))
+                .collect()
         };
         if batch.is_empty() {
             return Ok(Vec::new());
@@ -1129,7 +1341,8 @@ impl Bucket {
                 for c in &touched {
                     if let Some(f) = files.get(c) {
                         let t = Instant::now();
-                        f.sync_data().map_err(|e| StoreError::WriteFailed(e.to_string()))?;
+                        f.sync_data()
+                            .map_err(|e| StoreError::WriteFailed(e.to_string()))?;
                         crate::metrics::observe_fsync(t.elapsed());
                     }
                 }
@@ -1162,11 +1375,17 @@ impl Bucket {
         Ok(touched)
     }
 
-    fn write_out(&self, files: &HashMap<u32, File>, at: (u32, u64), data: &[u8]) -> Result<(), StoreError> {
+    fn write_out(
+        &self,
+        files: &HashMap<u32, File>,
+        at: (u32, u64),
+        data: &[u8],
+    ) -> Result<(), StoreError> {
         let f = files
             .get(&at.0)
             .ok_or_else(|| StoreError::WriteFailed("file not open".into()))?;
-        f.write_all_at(data, at.1).map_err(|e| StoreError::WriteFailed(e.to_string()))
+        f.write_all_at(data, at.1)
+            .map_err(|e| StoreError::WriteFailed(e.to_string()))
     }
 
     pub fn queue_len(&self) -> usize {
@@ -1189,8 +1408,11 @@ impl Bucket {
     }
 
     pub fn info(&self) -> BucketInfo {
-        let inner = self.inner.lock();
+        // Taken before the bucket lock: GC start holds its own lock while planning under the
+        // bucket lock, so the opposite order could deadlock.
+        let last_gc = self.gc_state();
         let du = dir_size(&self.dir);
+        let inner = self.inner.lock();
         BucketInfo {
             id: self.id,
             home: self.dir.clone(),
@@ -1206,6 +1428,8 @@ impl Bucket {
             same_vhash_key: inner.same_vhash_key.clone(),
             num_set: self.counters.num_set.load(Ordering::Relaxed),
             num_get: self.counters.num_get.load(Ordering::Relaxed),
+            hint_state: self.hint_state.load(Ordering::Relaxed),
+            last_gc,
         }
     }
 }
@@ -1226,6 +1450,10 @@ pub struct BucketInfo {
     pub same_vhash_key: String,
     pub num_set: u64,
     pub num_get: u64,
+    /// Bits: 1 hint dump, 2 merge/collision scan, 4 GC running.
+    pub hint_state: u32,
+    /// `LastGC` (§8.3).
+    pub last_gc: Option<crate::gc::GcState>,
 }
 
 pub fn dir_size(dir: &Path) -> u64 {

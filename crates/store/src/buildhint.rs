@@ -59,17 +59,25 @@ pub fn build_hints(path: &Path, split_cap: usize, index_interval: u64) -> io::Re
 }
 
 fn data_file_parts(path: &Path) -> io::Result<(&Path, u32)> {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let dir = path.parent().unwrap_or(Path::new("."));
     match parse_file_name(&name) {
         Some(FileName::Data(c)) => Ok((dir, c)),
-        _ => Err(io::Error::new(io::ErrorKind::InvalidInput, "not a NNN.data file")),
+        _ => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a NNN.data file",
+        )),
     }
 }
 
 fn remove_hints(dir: &Path, chunk: u32) -> io::Result<()> {
     for e in fs::read_dir(dir)?.flatten() {
-        if let Some(FileName::Hint { chunk: c, .. }) = parse_file_name(&e.file_name().to_string_lossy()) {
+        if let Some(FileName::Hint { chunk: c, .. }) =
+            parse_file_name(&e.file_name().to_string_lossy())
+        {
             if c == chunk {
                 fs::remove_file(e.path())?;
             }
@@ -79,7 +87,14 @@ fn remove_hints(dir: &Path, chunk: u32) -> io::Result<()> {
 }
 
 /// Scans `chunk` from `from` and writes splits of at most `split_cap` keys from `first_split`.
-fn rebuild(dir: &Path, chunk: u32, from: u64, first_split: u32, split_cap: usize, interval: u64) -> io::Result<()> {
+fn rebuild(
+    dir: &Path,
+    chunk: u32,
+    from: u64,
+    first_split: u32,
+    split_cap: usize,
+    interval: u64,
+) -> io::Result<()> {
     let mut reader = DataStreamReader::open(dir.join(crate::hint::data_file_name(chunk)), from)?;
     let mut split = first_split;
     let mut items: HashMap<Vec<u8>, HintItem> = HashMap::new();
@@ -87,7 +102,13 @@ fn rebuild(dir: &Path, chunk: u32, from: u64, first_split: u32, split_cap: usize
     let flush = |items: &mut HashMap<Vec<u8>, HintItem>, split: u32, end: u64| -> io::Result<()> {
         let mut list: Vec<HintItem> = items.drain().map(|(_, v)| v).collect();
         sort_hint_items(&mut list);
-        write_hint_file(dir.join(hint_file_name(chunk, split, false)), &mut list, end as u32, interval, true)
+        write_hint_file(
+            dir.join(hint_file_name(chunk, split, false)),
+            &mut list,
+            end as u32,
+            interval,
+            true,
+        )
     };
     while let Some(it) = reader.next_record()? {
         let h = HintItem::from_record(&it.record, 0, it.offset);

@@ -64,7 +64,10 @@ impl StoreConfig {
         match self.depth() {
             0 => self.home.clone(),
             1 => self.home.join(format!("{id:x}")),
-            _ => self.home.join(format!("{:x}", id >> 4)).join(format!("{:x}", id & 0xf)),
+            _ => self
+                .home
+                .join(format!("{:x}", id >> 4))
+                .join(format!("{:x}", id & 0xf)),
         }
     }
 

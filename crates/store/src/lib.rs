@@ -5,13 +5,14 @@
 //! node.md §6.
 mod admin;
 pub mod bucket;
-pub mod buildhint;
 pub mod buffers;
+pub mod buildhint;
 pub mod collision;
 pub mod compress;
 pub mod config;
 pub mod datafile;
 pub mod error;
+pub mod gc;
 pub mod hint;
 pub mod htree;
 pub mod metrics;
@@ -23,4 +24,5 @@ mod writer;
 pub use bucket::{BucketInfo, Durable, KeyMeta, WriteOutcome};
 pub use config::{FsyncPolicy, StoreConfig};
 pub use error::StoreError;
+pub use gc::{GcError, GcPlan, GcQueryEntry, GcRequest, GcState};
 pub use store::{Store, Value};

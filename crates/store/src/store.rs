@@ -12,6 +12,7 @@ use crate::bucket::{Bucket, Durable, KeyMeta, WriteOutcome};
 use crate::buffers::{BufferKind, Tracked};
 use crate::config::StoreConfig;
 use crate::error::StoreError;
+use crate::gc::{GcError, GcPlan, GcQueryEntry, GcRequest, GcState};
 use crate::htree::{hex_val, store_sum, NodeSum};
 use crate::writer::{self, WriterSignal};
 
@@ -34,11 +35,14 @@ pub struct Store {
 impl Store {
     /// Opens (and recovers) every served bucket, in parallel.
     pub fn open(cfg: StoreConfig) -> Result<Store, StoreError> {
-        let depth = beansdb_hash::bucket_depth(cfg.numbucket)
-            .ok_or_else(|| StoreError::Config(format!("numbucket {} not in 1, 16, 256", cfg.numbucket)))?;
+        let depth = beansdb_hash::bucket_depth(cfg.numbucket).ok_or_else(|| {
+            StoreError::Config(format!("numbucket {} not in 1, 16, 256", cfg.numbucket))
+        })?;
         let cfg = Arc::new(cfg);
         let signal = Arc::new(WriterSignal::default());
-        let ids: Vec<usize> = (0..cfg.numbucket).filter(|&b| cfg.served.get(b).copied().unwrap_or(false)).collect();
+        let ids: Vec<usize> = (0..cfg.numbucket)
+            .filter(|&b| cfg.served.get(b).copied().unwrap_or(false))
+            .collect();
         for b in 0..cfg.numbucket {
             if !cfg.served.get(b).copied().unwrap_or(false) {
                 let dir = cfg.bucket_dir(b);
@@ -47,7 +51,10 @@ impl Store {
                 }
             }
         }
-        let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).min(8);
+        let threads = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+            .min(8);
         let next = std::sync::atomic::AtomicUsize::new(0);
         let results: Mutex<Vec<(usize, Result<Bucket, StoreError>)>> = Mutex::new(Vec::new());
         std::thread::scope(|s| {
@@ -73,7 +80,13 @@ impl Store {
             .spawn(move || writer::run(list, sig, fsync, interval))
             .map_err(|e| StoreError::Config(format!("cannot start writer thread: {e}")))?;
         info!(buckets = ids.len(), home = %cfg.home.display(), "store opened");
-        Ok(Store { cfg, depth, buckets, signal, writer: Mutex::new(Some(handle)) })
+        Ok(Store {
+            cfg,
+            depth,
+            buckets,
+            signal,
+            writer: Mutex::new(Some(handle)),
+        })
     }
 
     pub fn config(&self) -> &StoreConfig {
@@ -99,38 +112,60 @@ impl Store {
     /// Plain get: a live value or `None`.
     pub fn get(&self, key: &[u8]) -> Result<Option<Value>, StoreError> {
         let kh = beansdb_hash::keyhash(key);
-        let Some(b) = self.bucket_of(kh) else { return Ok(None) };
+        let Some(b) = self.bucket_of(kh) else {
+            return Ok(None);
+        };
         b.counters.num_get.fetch_add(1, Ordering::Relaxed);
-        let Some(f) = b.find(kh, key)? else { return Ok(None) };
+        let Some(f) = b.find_live(kh, key)? else {
+            return Ok(None);
+        };
         if f.ver <= 0 {
             return Ok(None);
         }
         let (flag, data) = f.record.client_view();
         let data = data.into_owned();
         let t = Tracked::new(BufferKind::GetData, data.len());
-        Ok(Some(Value { flag, data, ver: f.ver, _tracked: t }))
+        Ok(Some(Value {
+            flag,
+            data,
+            ver: f.ver,
+            _tracked: t,
+        }))
     }
 
     /// `?key` / `??key` meta.
     pub fn meta(&self, key: &[u8]) -> Result<Option<KeyMeta>, StoreError> {
         let kh = beansdb_hash::keyhash(key);
-        let Some(b) = self.bucket_of(kh) else { return Ok(None) };
+        let Some(b) = self.bucket_of(kh) else {
+            return Ok(None);
+        };
         b.meta(kh, key)
     }
 
     /// `@@khash` raw record bytes.
     pub fn raw(&self, keyhash: u64) -> Result<Option<Vec<u8>>, StoreError> {
-        let Some(b) = self.bucket_of(keyhash) else { return Ok(None) };
+        let Some(b) = self.bucket_of(keyhash) else {
+            return Ok(None);
+        };
         Ok(b.raw(keyhash)?.map(|r| r.raw_for_at_at()))
     }
 
     fn served(&self, key: &[u8]) -> Result<(u64, &Arc<Bucket>), StoreError> {
         let kh = beansdb_hash::keyhash(key);
-        self.bucket_of(kh).map(|b| (kh, b)).ok_or(StoreError::NotServed)
+        self.bucket_of(kh)
+            .map(|b| (kh, b))
+            .ok_or(StoreError::NotServed)
     }
 
     /// set family; `ver` is the request's exptime.
-    pub fn set(&self, key: &[u8], flag: u32, ver: i32, value: &[u8], ts: u32) -> Result<WriteOutcome, StoreError> {
+    pub fn set(
+        &self,
+        key: &[u8],
+        flag: u32,
+        ver: i32,
+        value: &[u8],
+        ts: u32,
+    ) -> Result<WriteOutcome, StoreError> {
         let (kh, b) = self.served(key)?;
         b.counters.num_set.fetch_add(1, Ordering::Relaxed);
         b.write(kh, key, flag, ver, if ver < 0 { &[] } else { value }, ts)
@@ -142,7 +177,12 @@ impl Store {
         b.write(kh, key, 0, -1, &[], ts)
     }
 
-    pub fn incr(&self, key: &[u8], delta: i64, ts: u32) -> Result<(i64, Option<Durable>), StoreError> {
+    pub fn incr(
+        &self,
+        key: &[u8],
+        delta: i64,
+        ts: u32,
+    ) -> Result<(i64, Option<Durable>), StoreError> {
         let (kh, b) = self.served(key)?;
         b.counters.num_set.fetch_add(1, Ordering::Relaxed);
         b.incr(kh, key, delta, ts)
@@ -170,7 +210,8 @@ impl Store {
                 let sum = if path.len() + 1 == depth {
                     self.bucket_sum(child)
                 } else {
-                    let kids: Vec<NodeSum> = (0..16).map(|j| self.bucket_sum(child * 16 + j)).collect();
+                    let kids: Vec<NodeSum> =
+                        (0..16).map(|j| self.bucket_sum(child * 16 + j)).collect();
                     store_sum(&kids)
                 };
                 out.push_str(&format!("{:x}/ {} {}\n", i, sum.hash, sum.count));
@@ -192,6 +233,36 @@ impl Store {
         self.buckets().map(|b| b.live_count()).sum()
     }
 
+    /// Manual GC of one bucket (`/gc/<hex>`, §6.4): resolves the range and, with `run`,
+    /// starts it in the background.
+    pub fn gc(&self, bucket: usize, req: GcRequest) -> Result<GcPlan, GcError> {
+        if bucket >= self.cfg.numbucket {
+            return Err(GcError::BadBucket(bucket));
+        }
+        let b = self.bucket(bucket).ok_or(GcError::NoData(bucket))?;
+        b.gc_start(req)
+    }
+
+    /// `cancel=true`: the running GC stops before its next source; returns its (src, dst).
+    pub fn gc_cancel(&self, bucket: usize) -> Result<(u32, u32), GcError> {
+        if bucket >= self.cfg.numbucket {
+            return Err(GcError::BadBucket(bucket));
+        }
+        self.bucket(bucket)
+            .ok_or(GcError::NoData(bucket))?
+            .gc_cancel()
+    }
+
+    /// `LastGC` of a bucket (`None` if unserved or no GC since the store was opened).
+    pub fn gc_state(&self, bucket: usize) -> Option<GcState> {
+        self.bucket(bucket).and_then(|b| b.gc_state())
+    }
+
+    /// Running GCs, for `/gc/query`.
+    pub fn gc_query(&self) -> Vec<GcQueryEntry> {
+        self.buckets().filter_map(|b| b.gc_query()).collect()
+    }
+
     pub fn gc_running(&self) -> bool {
         self.buckets().any(|b| b.gc_running.load(Ordering::Relaxed))
     }
@@ -206,6 +277,10 @@ impl Store {
     pub fn close(&self) {
         let handle = self.writer.lock().take();
         if let Some(h) = handle {
+            // GC threads stop first (at a safe point), so nothing moves during the final dumps.
+            for b in self.buckets() {
+                b.gc_abort_and_join();
+            }
             self.signal.stop();
             let _ = h.join();
             for b in self.buckets() {

@@ -63,9 +63,7 @@ pub(crate) fn run(
     let mut last_hint_pass = Instant::now();
     let mut failing = false;
     loop {
-        let timeout = if failing {
-            Duration::from_secs(1)
-        } else if unsynced.is_empty() {
+        let timeout = if failing || unsynced.is_empty() {
             Duration::from_secs(1)
         } else {
             fsync_interval.min(Duration::from_secs(1))
