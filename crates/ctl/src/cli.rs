@@ -1,0 +1,176 @@
+//! Command line: global options, the subcommand list, and the process entry point.
+//!
+//! A new subcommand is a module with an `Args` struct (clap derive) and a
+//! `run(args, &GlobalOpts) -> CliResult<u8>`, plus one variant in [`Command`].
+
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::error::{exit, CliError, CliResult};
+use crate::units::parse_duration;
+
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("BEANSCTL_GIT_SHA"),
+    ")"
+);
+
+/// `<semver> (<git sha>)`, as printed by `--version`.
+pub fn version() -> &'static str {
+    VERSION
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "beansctl",
+    version = VERSION,
+    about = "Operator tools for beansdb clusters",
+    propagate_version = true
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalOpts,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options valid for every subcommand (tools.md §0).
+#[derive(Debug, Clone, Args)]
+pub struct GlobalOpts {
+    /// Machine output: one JSON document on stdout
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// No progress output; errors are still printed
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// More log detail on stderr (repeatable; BEANSCTL_LOG also accepts info,debug,…)
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Colours: only on a TTY and only when NO_COLOR is unset with `auto`
+    #[arg(long, global = true, value_enum, default_value_t = ColorMode::Auto)]
+    pub color: ColorMode,
+    /// Per-request network timeout
+    #[arg(long, global = true, default_value = "5s", value_parser = parse_positive_duration, value_name = "DUR")]
+    pub timeout: Duration,
+    /// TCP connect timeout
+    #[arg(long, global = true, default_value = "1s", value_parser = parse_positive_duration, value_name = "DUR")]
+    pub connect_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ColorMode {
+    Auto,
+    Always,
+    Never,
+}
+
+impl GlobalOpts {
+    /// Whether stderr may carry ANSI colours.
+    pub fn stderr_color(&self) -> bool {
+        match self.color {
+            ColorMode::Always => true,
+            ColorMode::Never => false,
+            ColorMode::Auto => {
+                std::env::var_os("NO_COLOR").is_none() && std::io::stderr().is_terminal()
+            }
+        }
+    }
+
+    /// Whether a live progress bar is drawn (tools.md §9): stderr is a TTY, no `--quiet`,
+    /// no `--json`.
+    pub fn progress_bar(&self) -> bool {
+        !self.quiet && !self.json && std::io::stderr().is_terminal()
+    }
+}
+
+fn parse_positive_duration(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d.is_zero() {
+        return Err("must be greater than 0".into());
+    }
+    Ok(d)
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Open-loop load generator for the memcached text protocol
+    Bench(crate::bench::BenchArgs),
+}
+
+/// Parses the command line, runs the subcommand, and returns the process exit code.
+pub fn main() -> u8 {
+    install_panic_hook();
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            // clap prints `error: …` with usage; --help and --version go to stdout, exit 0.
+            let _ = e.print();
+            return if e.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::OK
+            };
+        }
+    };
+    init_logging(&cli.global);
+    let result: CliResult<u8> = match cli.command {
+        Command::Bench(args) => crate::bench::run(args, &cli.global),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            e.report(&mut std::io::stderr().lock());
+            e.code
+        }
+    }
+}
+
+/// Replaces the panic backtrace with one line (tools.md §9) and exits 101, also for panics
+/// in worker threads, so a bug never looks like a normal result.
+fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let payload = info.payload();
+        let msg = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "panic".to_string());
+        let wants_trace = std::env::var_os("RUST_BACKTRACE").is_some_and(|v| v != "0");
+        eprintln!("internal error: {msg} (this is a bug; run with RUST_BACKTRACE=1 and report it)");
+        if wants_trace {
+            if let Some(loc) = info.location() {
+                eprintln!("  at {}:{}", loc.file(), loc.line());
+            }
+            eprintln!("{}", std::backtrace::Backtrace::force_capture());
+        }
+        std::process::exit(i32::from(exit::INTERNAL));
+    }));
+}
+
+/// Logs go to stderr: warnings by default, more with `-v` or `BEANSCTL_LOG`.
+fn init_logging(g: &GlobalOpts) {
+    let level = match g.verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = std::env::var("BEANSCTL_LOG")
+        .ok()
+        .and_then(|v| tracing_subscriber::EnvFilter::try_new(v).ok())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new(level));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(g.stderr_color())
+        .with_target(false)
+        .try_init();
+}
+
+/// `CliError` for a value that clap accepted but that fails a cross-option check.
+pub fn bad_option(name: &str, msg: impl std::fmt::Display) -> CliError {
+    CliError::usage(format!("invalid value for {name}: {msg}"))
+}
