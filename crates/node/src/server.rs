@@ -326,18 +326,18 @@ impl Node {
                 tokio::time::sleep(*d).await;
             }
         }
-        let mut reply = BytesMut::new();
+        // Replies go straight into `out`; a panic or `noreply` truncates back to `mark`.
+        let mark = out.len();
         let mut sizes: Vec<usize> = Vec::new();
-        let r = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            self.execute(&cmd, ts, &mut reply, &mut sizes)
-        }));
+        let r =
+            std::panic::catch_unwind(AssertUnwindSafe(|| self.execute(&cmd, ts, out, &mut sizes)));
         let durable = match r {
             Ok(d) => d,
             Err(_) => {
                 Counters::add(&self.counters.panics, 1);
                 error!(cmd = cmd.name(), "request handler panicked");
-                reply.clear();
-                reply.extend_from_slice(resp::SERVER_ERROR_INTERNAL);
+                out.truncate(mark);
+                out.extend_from_slice(resp::SERVER_ERROR_INTERNAL);
                 None
             }
         };
@@ -353,13 +353,13 @@ impl Node {
                 log,
                 &cmd,
                 remote,
-                &reply,
+                &out[mark..],
                 &sizes,
                 started.elapsed().as_micros(),
             );
         }
-        if !noreply {
-            out.extend_from_slice(&reply);
+        if noreply {
+            out.truncate(mark);
         }
         Flow::Continue
     }
@@ -519,11 +519,13 @@ impl Node {
     fn get(&self, keys: &[Bytes], gets: bool, out: &mut BytesMut, sizes: &mut Vec<usize>) {
         let c = &self.counters;
         let single = keys.len() == 1;
-        let mut seen: HashMap<&[u8], usize> = HashMap::with_capacity(keys.len());
+        let mut seen: HashMap<&[u8], usize> = HashMap::new();
         for key in keys {
-            if let Some(&n) = seen.get(key.as_ref()) {
-                sizes.push(n);
-                continue;
+            if !single {
+                if let Some(&n) = seen.get(key.as_ref()) {
+                    sizes.push(n);
+                    continue;
+                }
             }
             Counters::add(&c.cmd_get, 1);
             let got = self.get_one(key);
@@ -531,7 +533,9 @@ impl Node {
                 Ok(Some((_, d))) => d.len(),
                 _ => 0,
             };
-            seen.insert(key.as_ref(), n);
+            if !single {
+                seen.insert(key.as_ref(), n);
+            }
             sizes.push(n);
             match got {
                 Ok(Some((flag, data))) => {

@@ -16,7 +16,8 @@ const STREAM_VERIFY_THRESHOLD: u64 = 64 << 20;
 /// The positional reader checks the file size before allocating values larger than this.
 const READ_AT_SIZE_CHECK: u64 = 1 << 20;
 /// First positional read: covers the whole record for most small values in one syscall.
-const READ_AT_FIRST: usize = 4096;
+// One read covers records up to 512 bytes (most values); larger ones need a second read.
+const READ_AT_FIRST: usize = 512;
 
 /// One valid record found by [`DataStreamReader`].
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -93,11 +93,22 @@ impl HTree {
 
     fn find(&self, leaf: &Leaf, keyhash: u64) -> Option<usize> {
         let k = self.khash_len;
-        let kb = keyhash.to_le_bytes();
+        let size = k + 11;
+        // Compare the stored K bytes as one masked u64 load (items are >= 16 bytes long).
+        let mask = if k == 8 {
+            u64::MAX
+        } else {
+            (1u64 << (8 * k)) - 1
+        };
+        let want = keyhash & mask;
         leaf.items
-            .chunks_exact(k + 11)
-            .position(|it| it[..k] == kb[..k])
-            .map(|i| i * (k + 11))
+            .chunks_exact(size)
+            .position(|it| {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(&it[..8]);
+                u64::from_le_bytes(b) & mask == want
+            })
+            .map(|i| i * size)
     }
 
     fn decode_item(&self, it: &[u8]) -> ItemMeta {

@@ -247,6 +247,17 @@ impl Record {
         (self.flag, Cow::Borrowed(&self.value))
     }
 
+    /// Like [`Record::client_view`], consuming the record so an uncompressed value is moved,
+    /// not copied.
+    pub fn into_client_view(self) -> (u32, Vec<u8>) {
+        if self.flag & FLAG_COMPRESSED != 0 {
+            if let Ok(v) = qlz_decompress(&self.value) {
+                return (self.flag & !FLAG_COMPRESSED, v);
+            }
+        }
+        (self.flag, self.value)
+    }
+
     /// The `@@khash` reply body (§3.6): header + key + value with the value decompressed, the
     /// compression bit cleared, the CRC recomputed and no padding.
     pub fn raw_for_at_at(&self) -> Vec<u8> {

@@ -122,8 +122,7 @@ impl Store {
         if f.ver <= 0 {
             return Ok(None);
         }
-        let (flag, data) = f.record.client_view();
-        let data = data.into_owned();
+        let (flag, data) = f.record.into_client_view();
         let t = Tracked::new(BufferKind::GetData, data.len());
         Ok(Some(Value {
             flag,
