@@ -1,5 +1,6 @@
 //! Access log in the gobeansproxy V1 line format (tools.md §4.1), so `beansctl replay` can
 //! re-issue a node's traffic. Off unless `server.accesslog` is set; SIGUSR1 reopens it.
+//! The same file type carries the analysis log (`server.analysislog`).
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -52,8 +53,13 @@ impl AccessLog {
             line.extend_from_slice(k);
         }
         line.push(b'\n');
+        self.write_line(&line);
+    }
+
+    /// Appends one complete line (ending in `\n`).
+    pub fn write_line(&self, line: &[u8]) {
         if let Some(f) = self.file.lock().as_mut() {
-            let _ = f.write_all(&line);
+            let _ = f.write_all(line);
         }
     }
 }

@@ -113,6 +113,16 @@ pub async fn serve(cfg: NodeConfig, log: LogSink) -> anyhow::Result<()> {
             .with_context(|| format!("server.accesslog: cannot open {:?}", cfg.server.accesslog))?;
         node.access_log = Some(Arc::new(log));
     }
+    if !cfg.server.analysislog.is_empty() {
+        let log =
+            crate::accesslog::AccessLog::open(&cfg.server.analysislog).with_context(|| {
+                format!(
+                    "server.analysislog: cannot open {:?}",
+                    cfg.server.analysislog
+                )
+            })?;
+        node.analysis_log = Some(Arc::new(log));
+    }
     let node = Arc::new(node);
     admin.set_node(node.clone());
 
@@ -123,7 +133,11 @@ pub async fn serve(cfg: NodeConfig, log: LogSink) -> anyhow::Result<()> {
     info!(addr = %mc_addr, version = crate::server::VERSION, "beansdb serving");
 
     let serve_task = tokio::spawn(node.clone().serve(mc, sd_rx.clone()));
-    wait_for_signal(&log, node.access_log.clone()).await;
+    let reopen: Vec<_> = [node.access_log.clone(), node.analysis_log.clone()]
+        .into_iter()
+        .flatten()
+        .collect();
+    wait_for_signal(&log, reopen).await;
     info!("shutting down");
     let _ = sd_tx.send(true);
     let _ = serve_task.await;
@@ -134,7 +148,7 @@ pub async fn serve(cfg: NodeConfig, log: LogSink) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_for_signal(log: &LogSink, access: Option<Arc<crate::accesslog::AccessLog>>) {
+async fn wait_for_signal(log: &LogSink, files: Vec<Arc<crate::accesslog::AccessLog>>) {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int), Ok(mut hup), Ok(mut quit), Ok(mut usr1)) = (
         signal(SignalKind::terminate()),
@@ -154,9 +168,9 @@ async fn wait_for_signal(log: &LogSink, access: Option<Arc<crate::accesslog::Acc
             _ = hup.recv() => return,
             _ = quit.recv() => return,
             _ = usr1.recv() => {
-                if let Some(a) = &access {
-                    if let Err(e) = a.reopen() {
-                        warn!(error = %e, "reopening the access log failed");
+                for f in &files {
+                    if let Err(e) = f.reopen() {
+                        warn!(error = %e, "reopening a log file failed");
                     }
                 }
                 if let Err(e) = log.reopen() {

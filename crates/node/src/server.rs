@@ -68,6 +68,7 @@ pub struct Node {
     pub start_unix: u64,
     hooks: TestHooks,
     pub access_log: Option<Arc<crate::accesslog::AccessLog>>,
+    pub analysis_log: Option<Arc<crate::accesslog::AccessLog>>,
 }
 
 fn unix_now() -> u64 {
@@ -99,6 +100,7 @@ impl Node {
             start_unix: unix_now() - started.elapsed().as_secs(),
             hooks: TestHooks::from_env(),
             access_log: None,
+            analysis_log: None,
         }
     }
 
@@ -611,8 +613,28 @@ impl Node {
             let listing = self.store.list(rest);
             return Ok(Some((0, ValueBytes::Plain(listing.into_bytes()))));
         }
+        let t0 = Instant::now();
         match self.store.get(key) {
-            Ok(Some(v)) => Ok(Some((v.flag, ValueBytes::Stored(v)))),
+            Ok(Some(v)) => {
+                if let Some(log) = &self.analysis_log {
+                    // V2 <unix ts> <read ms> BKT_<id> <chunk> <offset> <stored size> <in buffer> <key>
+                    let mut line = format!(
+                        "V2 {} {:.3} BKT_{:02x} {} {} {} {} ",
+                        unix_now(),
+                        t0.elapsed().as_secs_f64() * 1000.0,
+                        v.bucket,
+                        v.chunk,
+                        v.offset,
+                        v.stored_len,
+                        v.in_buffer as u8
+                    )
+                    .into_bytes();
+                    line.extend_from_slice(key);
+                    line.push(b'\n');
+                    log.write_line(&line);
+                }
+                Ok(Some((v.flag, ValueBytes::Stored(v))))
+            }
             Ok(None) => Ok(None),
             Err(StoreError::NotServed) => Ok(None),
             Err(_) => Err(resp::SERVER_ERROR_READ_FAILED),

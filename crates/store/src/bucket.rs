@@ -117,6 +117,8 @@ pub struct Found {
     pub vhash: u16,
     pub chunk: u32,
     pub offset: u32,
+    /// Served from the write queue (not yet on disk).
+    pub in_buffer: bool,
 }
 
 /// Meta of `?key` / `??key`.
@@ -612,6 +614,7 @@ impl Bucket {
                     && (self.gc_running.load(Ordering::Acquire)
                         || self.gc_epoch.load(Ordering::Acquire) != epoch)
             };
+            let in_buffer = q.is_some();
             match self.read_at(q, meta.chunk, meta.offset) {
                 Ok(rec) if rec.key == key => {
                     return Ok(Some(Found {
@@ -620,6 +623,7 @@ impl Bucket {
                         vhash: meta.vhash,
                         chunk: meta.chunk,
                         offset: meta.offset,
+                        in_buffer,
                     }))
                 }
                 Ok(rec) if beansdb_hash::keyhash(&rec.key) == keyhash => {
@@ -695,6 +699,7 @@ impl Bucket {
             None => Ok(None),
             Some(m) => {
                 let q = Self::queued(&self.inner.lock(), m.chunk, m.offset);
+                let in_buffer = q.is_some();
                 let rec = self
                     .read_at(q, m.chunk, m.offset)
                     .map_err(StoreError::ReadFailed)?;
@@ -707,6 +712,7 @@ impl Bucket {
                     vhash: m.vhash,
                     chunk: m.chunk,
                     offset: m.offset,
+                    in_buffer,
                 }))
             }
         }

@@ -21,6 +21,13 @@ pub struct Value {
     pub flag: u32,
     pub data: Vec<u8>,
     pub ver: i32,
+    /// Where it was read from (for the analysis log).
+    pub bucket: usize,
+    pub chunk: u32,
+    pub offset: u32,
+    /// Stored (possibly compressed) size.
+    pub stored_len: u32,
+    pub in_buffer: bool,
     _tracked: Tracked,
 }
 
@@ -122,12 +129,18 @@ impl Store {
         if f.ver <= 0 {
             return Ok(None);
         }
+        let stored_len = f.record.value.len() as u32;
         let (flag, data) = f.record.into_client_view();
         let t = Tracked::new(BufferKind::GetData, data.len());
         Ok(Some(Value {
             flag,
             data,
             ver: f.ver,
+            bucket: b.id,
+            chunk: f.chunk,
+            offset: f.offset,
+            stored_len,
+            in_buffer: f.in_buffer,
             _tracked: t,
         }))
     }

@@ -1,0 +1,131 @@
+//! Access log, V1 line format (proxy.md §7.5):
+//! `YYYY/MM/DD HH:MM:SS.uuuuuu V1 <client> <CMD> <SUCC|FAILED> <sizes> <targets> <µs> <keys>`.
+//! `beansctl replay` parses the GET/GETM lines. SIGUSR1 reopens the file.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::PathBuf;
+
+use parking_lot::Mutex;
+
+pub struct AccessLog {
+    path: PathBuf,
+    file: Mutex<Option<File>>,
+}
+
+/// One line's fields.
+pub struct Entry<'a> {
+    pub client: &'a str,
+    pub cmd: &'a str,
+    pub ok: bool,
+    pub sizes: &'a str,
+    /// Backends in first-success order; the proxy's own `hostname:port` is appended.
+    pub targets: &'a [String],
+    pub micros: u128,
+    pub keys: &'a [&'a [u8]],
+}
+
+impl AccessLog {
+    pub fn open(path: &str) -> std::io::Result<AccessLog> {
+        let log = AccessLog {
+            path: PathBuf::from(path),
+            file: Mutex::new(None),
+        };
+        log.reopen()?;
+        Ok(log)
+    }
+
+    pub fn reopen(&self) -> std::io::Result<()> {
+        if let Some(dir) = self.path.parent() {
+            if !dir.as_os_str().is_empty() {
+                std::fs::create_dir_all(dir)?;
+            }
+        }
+        let f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)?;
+        *self.file.lock() = Some(f);
+        Ok(())
+    }
+
+    pub fn write(&self, e: &Entry<'_>, me: &str) {
+        let line = format_entry(e, me);
+        if let Some(f) = self.file.lock().as_mut() {
+            let _ = f.write_all(&line);
+        }
+    }
+}
+
+/// The line bytes, `\n` included. Keys are written as received (they contain no space).
+pub fn format_entry(e: &Entry<'_>, me: &str) -> Vec<u8> {
+    let now = chrono::Local::now().format("%Y/%m/%d %H:%M:%S%.6f");
+    let targets = if e.targets.is_empty() {
+        format!("NoWhere,{me}")
+    } else {
+        format!("{},{me}", e.targets.join(","))
+    };
+    let mut line = format!(
+        "{now} V1 {} {} {} {} {targets} {}",
+        e.client,
+        e.cmd,
+        if e.ok { "SUCC" } else { "FAILED" },
+        if e.sizes.is_empty() { "0" } else { e.sizes },
+        e.micros
+    )
+    .into_bytes();
+    line.push(b' ');
+    for (i, k) in e.keys.iter().enumerate() {
+        if i > 0 {
+            line.push(b' ');
+        }
+        line.extend_from_slice(k);
+    }
+    line.push(b'\n');
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn v1_line() {
+        let targets = vec!["127.0.0.1:7981".to_string(), "127.0.0.1:7984".to_string()];
+        let keys: [&[u8]; 3] = [b"a", b"b", b"c"];
+        let line = format_entry(
+            &Entry {
+                client: "10.0.0.5:51234",
+                cmd: "GETM",
+                ok: true,
+                sizes: "10,0,7",
+                targets: &targets,
+                micros: 1210,
+                keys: &keys,
+            },
+            "127.0.0.1:7905",
+        );
+        let s = String::from_utf8(line).unwrap();
+        assert!(
+            s.ends_with(
+                " V1 10.0.0.5:51234 GETM SUCC 10,0,7 127.0.0.1:7981,127.0.0.1:7984,127.0.0.1:7905 1210 a b c\n"
+            ),
+            "{s}"
+        );
+        let line = format_entry(
+            &Entry {
+                client: "c:1",
+                cmd: "SET",
+                ok: false,
+                sizes: "3",
+                targets: &[],
+                micros: 5,
+                keys: &[b"k"],
+            },
+            "h:1",
+        );
+        assert!(String::from_utf8(line)
+            .unwrap()
+            .ends_with(" V1 c:1 SET FAILED 3 NoWhere,h:1 5 k\n"));
+    }
+}

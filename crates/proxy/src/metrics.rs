@@ -1,0 +1,117 @@
+//! Prometheus metrics (proxy.md §7.3): the gobeansproxy names plus `beansproxy_*`.
+
+use std::time::Duration;
+
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+use crate::buffers::BUFFERS;
+
+/// Histogram buckets of every duration metric (seconds).
+pub const BUCKETS: [f64; 14] = [
+    0.001, 0.003, 0.005, 0.01, 0.03, 0.05, 0.07, 0.1, 0.3, 0.5, 0.7, 1.0, 2.0, 5.0,
+];
+
+/// Installs the global recorder; `None` if one is installed already.
+pub fn install() -> Option<PrometheusHandle> {
+    PrometheusBuilder::new()
+        .set_buckets(&BUCKETS)
+        .ok()?
+        .install_recorder()
+        .ok()
+}
+
+/// Request-level command label (`get`, `getm`, `set`, `del`, `incr`).
+pub fn request(cmd: &'static str, elapsed: Duration, failed: bool) {
+    counter!("gobeansproxy_total_reqs", "cmd" => cmd, "store" => "beansdb").increment(1);
+    if failed {
+        counter!("gobeansproxy_error_reqs", "cmd" => cmd, "store" => "beansdb").increment(1);
+    }
+    histogram!("gobeansproxy_cmd_e2e_duration_seconds", "cmd" => cmd).record(elapsed.as_secs_f64());
+}
+
+pub fn backend_result(host: &str, op: crate::pool::Op, result: &'static str) {
+    counter!(
+        "beansproxy_backend_requests_total",
+        "host" => host.to_string(),
+        "op" => op.as_str(),
+        "result" => result
+    )
+    .increment(1);
+}
+
+pub fn backend_duration(host: &str, op: crate::pool::Op, d: Duration) {
+    histogram!(
+        "beansproxy_backend_duration_seconds",
+        "host" => host.to_string(),
+        "op" => op.as_str()
+    )
+    .record(d.as_secs_f64());
+}
+
+pub fn host_up(host: &str, up: bool) {
+    gauge!("beansproxy_host_up", "host" => host.to_string()).set(if up { 1.0 } else { 0.0 });
+}
+
+pub fn host_transition(host: &str, to: &'static str, reason: &'static str) {
+    counter!(
+        "beansproxy_host_transitions_total",
+        "host" => host.to_string(),
+        "to" => to,
+        "reason" => reason
+    )
+    .increment(1);
+}
+
+pub fn backup_write() {
+    counter!("beansproxy_backup_writes_total").increment(1);
+}
+
+pub fn backup_read() {
+    counter!("beansproxy_backup_reads_total").increment(1);
+}
+
+pub fn quorum_failure(cmd: &'static str) {
+    counter!("beansproxy_quorum_failures_total", "cmd" => cmd).increment(1);
+}
+
+pub fn timeout(cmd: &'static str) {
+    counter!("beansproxy_timeouts_total", "cmd" => cmd).increment(1);
+}
+
+pub fn client_connections(n: u64) {
+    gauge!("beansproxy_client_connections").set(n as f64);
+}
+
+pub fn limiter_wait(d: Duration) {
+    histogram!("beansproxy_limiter_wait_seconds").record(d.as_secs_f64());
+}
+
+pub fn route_reload(ok: bool) {
+    counter!("beansproxy_route_reloads_total", "result" => if ok { "ok" } else { "error" })
+        .increment(1);
+}
+
+/// Gauges refreshed at scrape time: buffers, hosts, process.
+pub fn refresh(hosts: &[std::sync::Arc<crate::pool::Host>]) {
+    for (name, s) in BUFFERS.all() {
+        gauge!("beansproxy_buffer_bytes", "kind" => name).set(s.size as f64);
+        gauge!("beansproxy_buffer_count", "kind" => name).set(s.count as f64);
+    }
+    for h in hosts {
+        let v = h.view();
+        gauge!("beansproxy_host_up", "host" => h.addr.clone()).set(if v.up { 1.0 } else { 0.0 });
+        gauge!("beansproxy_host_score_microseconds", "host" => h.addr.clone())
+            .set(v.score.unwrap_or(0.0));
+        let c = h.conns();
+        gauge!("beansproxy_backend_connections", "host" => h.addr.clone(), "state" => "idle")
+            .set(c.idle as f64);
+        gauge!("beansproxy_backend_connections", "host" => h.addr.clone(), "state" => "busy")
+            .set(c.busy as f64);
+    }
+    let p = crate::stats::process();
+    gauge!("process_resident_memory_bytes").set(p.rss_bytes as f64);
+    gauge!("process_cpu_seconds_total").set(p.cpu_seconds);
+    gauge!("process_open_fds").set(p.open_fds as f64);
+    gauge!("process_threads").set(p.threads as f64);
+}
