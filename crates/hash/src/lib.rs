@@ -80,10 +80,12 @@ mod tests {
         h
     }
 
+    /// (key, fnv signed, fnv unsigned, murmur3, bucket/16, bucket/256)
+    type KeyVector = (&'static [u8], u32, u32, u32, usize, usize);
+
     #[test]
     fn key_hash_vectors() {
-        // (key, fnv signed, fnv unsigned, murmur3, bucket/16, bucket/256)
-        let cases: &[(&[u8], u32, u32, u32, usize, usize)] = &[
+        let cases: &[KeyVector] = &[
             (b"test", 0xafd071e5, 0xafd071e5, 0xba6bd213, 0xa, 0xaf),
             (b"hello", 0x4f9f2cab, 0x4f9f2cab, 0x248bfa47, 0x4, 0x4f),
             (b"key1", 0x374a6a67, 0x374a6a67, 0x9b970125, 0x3, 0x37),
