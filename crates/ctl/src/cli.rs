@@ -98,6 +98,20 @@ fn parse_positive_duration(s: &str) -> Result<Duration, String> {
 pub enum Command {
     /// Open-loop load generator for the memcached text protocol
     Bench(crate::bench::BenchArgs),
+    /// Merkle anti-entropy between the replicas of each bucket
+    Sync(crate::sync::SyncArgs),
+    /// Offline listing of data files, hint files, htree dumps and one key's records
+    Dump(crate::dump::DumpArgs),
+    /// Offline consistency check of a data file, bucket directory or home
+    Check(crate::check::CheckArgs),
+    /// Replay an access log (idempotent reads by default) against a node or proxy
+    Replay(crate::replay::ReplayArgs),
+    /// Garbage collection of one node: status, plan, run, cancel
+    Gc(crate::gc::GcArgs),
+    /// Pick and start the most useful GC across a cluster
+    GcSchedule(crate::gc::GcScheduleArgs),
+    /// Local production-shaped cluster (nodes, backup, proxy) on embedded defaults
+    DevCluster(crate::dev_cluster::DevClusterArgs),
 }
 
 /// Parses the command line, runs the subcommand, and returns the process exit code.
@@ -118,6 +132,13 @@ pub fn main() -> u8 {
     init_logging(&cli.global);
     let result: CliResult<u8> = match cli.command {
         Command::Bench(args) => crate::bench::run(args, &cli.global),
+        Command::Sync(args) => crate::sync::run(args, &cli.global),
+        Command::Dump(args) => crate::dump::run(args, &cli.global),
+        Command::Check(args) => crate::check::run(args, &cli.global),
+        Command::Replay(args) => crate::replay::run(args, &cli.global),
+        Command::Gc(args) => crate::gc::run(args, &cli.global),
+        Command::GcSchedule(args) => crate::gc::run_schedule(args, &cli.global),
+        Command::DevCluster(args) => crate::dev_cluster::run(args, &cli.global),
     };
     match result {
         Ok(code) => code,

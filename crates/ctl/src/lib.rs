@@ -2,9 +2,15 @@
 //! [`cli::main`]; each subcommand is a module with its clap `Args` and a `run` function.
 
 pub mod bench;
+pub mod check;
 pub mod cli;
+pub mod dev_cluster;
+pub mod dump;
 pub mod error;
+pub mod gc;
 pub mod interrupt;
 pub mod output;
+pub mod replay;
+pub mod sync;
 pub mod target;
 pub mod units;
