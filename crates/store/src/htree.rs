@@ -363,7 +363,7 @@ impl HTree {
             let len = u32::from_le_bytes([len_bytes[0], len_bytes[1], len_bytes[2], len_bytes[3]])
                 as usize;
             p += 4;
-            if len % size != 0 {
+            if !len.is_multiple_of(size) {
                 return Err(HTreeError::BadLeaf {
                     leaf: li,
                     what: "length not a multiple of the item size",

@@ -745,7 +745,7 @@ fn concurrent_writes_during_gc() {
                 if s.gc_running() {
                     during += 1;
                 }
-                if n % 5 == 0 {
+                if n.is_multiple_of(5) {
                     let was = model[&i].is_some();
                     assert_eq!(delete(&s, &dk(i)), was, "delete dyn{i}");
                     model.insert(i, None);
