@@ -1,42 +1,16 @@
 //! `beansctl bench` end to end: against a real node, against in-process mock servers, and
 //! the user-error conventions of tools.md §9.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Write};
-use std::net::{TcpListener, TcpStream};
-use std::process::{Command, Output};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::net::TcpStream;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use beansdb_client::testing::TestNode;
+use common::{beansctl, beansctl_env, json_ok, text, Acceptor};
 use serde_json::Value;
-
-fn beansctl(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_beansctl"))
-        .args(args)
-        .output()
-        .expect("run beansctl")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn json_of(out: &Output) -> Value {
-    assert!(
-        out.status.success(),
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        out.status.code(),
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "stdout is not one JSON document ({e}): {}",
-            text(&out.stdout)
-        )
-    })
-}
 
 fn u(v: &Value, path: &str) -> u64 {
     v.pointer(path)
@@ -79,7 +53,7 @@ fn open_loop_json_against_a_node() {
         "1000",
         "--json",
     ]);
-    let v = json_of(&out);
+    let v = json_ok(&out);
     for field in [
         "tool",
         "version",
@@ -203,35 +177,22 @@ fn closed_loop_budget_and_verify_text_output() {
 struct Mock {
     addr: String,
     gets: Arc<Mutex<Vec<Vec<String>>>>,
-    stop: Arc<AtomicBool>,
+    _server: Acceptor,
 }
 
 impl Mock {
     fn start(delay: Duration, reply: &'static str) -> Mock {
-        let l = TcpListener::bind("127.0.0.1:0").expect("bind mock");
-        let addr = l.local_addr().expect("mock addr").to_string();
         let gets = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (g, s) = (gets.clone(), stop.clone());
-        std::thread::spawn(move || {
-            for conn in l.incoming() {
-                if s.load(Ordering::Relaxed) {
-                    break;
-                }
-                let Ok(conn) = conn else { continue };
-                let g = g.clone();
-                std::thread::spawn(move || serve(conn, delay, reply, g));
-            }
+        let g = gets.clone();
+        let server = Acceptor::start(move |conn| {
+            let g = g.clone();
+            std::thread::spawn(move || serve(conn, delay, reply, g));
         });
-        Mock { addr, gets, stop }
-    }
-}
-
-impl Drop for Mock {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        // Wake the accept loop so the thread ends.
-        let _ = TcpStream::connect(&self.addr);
+        Mock {
+            addr: server.addr.to_string(),
+            gets,
+            _server: server,
+        }
     }
 }
 
@@ -283,7 +244,7 @@ fn getm_sends_the_requested_number_of_printable_keys() {
         "2",
         "--json",
     ]);
-    let v = json_of(&out);
+    let v = json_ok(&out);
     assert_eq!(u(&v, "/requests"), 200);
     assert_eq!(u(&v, "/per_op/getm/misses"), 200 * 7);
     let gets = mock.gets.lock().unwrap();
@@ -328,7 +289,7 @@ fn open_loop_latency_counts_queueing_delay() {
         "10s",
         "--json",
     ]);
-    let v = json_of(&out);
+    let v = json_ok(&out);
     assert!((95..=105).contains(&u(&v, "/requests")), "{v}");
     assert!(u(&v, "/latency_us/p99") > 400_000, "{}", v["latency_us"]);
     assert!(u(&v, "/late") > 0, "{v}");
@@ -355,7 +316,7 @@ fn server_errors_are_counted_and_fail_if_errors_exits_1() {
         "1",
         "--json",
     ];
-    let v = json_of(&beansctl(&args));
+    let v = json_ok(&beansctl(&args));
     assert_eq!(u(&v, "/errors/server_error"), 50);
     assert_eq!(u(&v, "/ok"), 0);
     let mut with_flag = args.to_vec();
@@ -435,8 +396,8 @@ fn unreachable_target_exits_3() {
 #[test]
 fn redirected_progress_is_plain_lines() {
     let mock = Mock::start(Duration::ZERO, "END\r\n");
-    let out = Command::new(env!("CARGO_BIN_EXE_beansctl"))
-        .args([
+    let out = beansctl_env(
+        &[
             "bench",
             "--target",
             &mock.addr,
@@ -451,10 +412,9 @@ fn redirected_progress_is_plain_lines() {
             "--no-preload",
             "--connections",
             "2",
-        ])
-        .env("BEANSCTL_PROGRESS_EVERY", "300ms")
-        .output()
-        .expect("run beansctl");
+        ],
+        &[("BEANSCTL_PROGRESS_EVERY", "300ms")],
+    );
     assert!(out.status.success());
     let err = text(&out.stderr);
     let lines: Vec<&str> = err

@@ -5,6 +5,8 @@
 //! Needs `beansdb` and `beansproxy` built into the same target dir as `beansctl`
 //! (`cargo build -p beansdb-node -p beansdb-proxy`); a missing binary fails the test.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::fs;
 use std::io::{BufRead, BufReader};
@@ -16,6 +18,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use beansdb_client::{Client, StoreReply};
+use common::{beansctl_path as beansctl, rt, text};
 use serde_json::Value;
 
 const NODES: usize = 5;
@@ -28,10 +31,6 @@ const TABLE: [&str; NODES] = [
     "1 2 3 6 7 8 b c d",
     "2 3 4 7 8 9 c d e",
 ];
-
-fn beansctl() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_beansctl"))
-}
 
 fn require_binaries() {
     let dir = beansctl().parent().unwrap().to_path_buf();
@@ -70,10 +69,6 @@ fn free_base() -> u16 {
         }
     }
     panic!("no free port range found");
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
 }
 
 /// Whether the process is gone (or only a zombie waiting for a reaper that is not us).
@@ -212,13 +207,6 @@ fn now_ms() -> u128 {
 
 fn read(p: &Path) -> String {
     fs::read_to_string(p).unwrap_or_default()
-}
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
 }
 
 /// The store-level listing `get @` of a node: per bucket digit, the item count.

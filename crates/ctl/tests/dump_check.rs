@@ -1,167 +1,40 @@
 //! `beansctl dump` and `beansctl check` end to end (tools.md §3, §10 items 16–20): on a home
 //! written by the real node, on damaged copies of it, and on the gobeansdb-written fixture.
 
+mod common;
+
 use std::fs;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant, SystemTime};
+use std::process::Output;
+use std::time::SystemTime;
 
-use beansdb_client::testing::{free_port, node_binary};
 use beansdb_client::Client;
+use common::{beansctl, bucket_of, keys_in_bucket, rt, show, text};
 use serde_json::Value;
-
-fn beansctl(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_beansctl"))
-        .args(args)
-        .output()
-        .expect("run beansctl")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn show(o: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status.code(),
-        text(&o.stdout),
-        text(&o.stderr)
-    )
-}
 
 /// A node on a caller-owned directory, stopped cleanly with SIGTERM (hints and the htree
 /// are dumped at clean shutdown, which the checks rely on).
-struct Node {
-    child: Option<Child>,
-    port: u16,
-}
-
-impl Node {
-    fn start(dir: &Path) -> Node {
-        let port = free_port();
-        let mut webport = free_port();
-        while webport == port {
-            webport = free_port();
-        }
-        let conf = dir.join("conf");
-        fs::create_dir_all(&conf).expect("conf dir");
-        fs::create_dir_all(dir.join("home")).expect("home dir");
-        let global = format!(
-            "server:\n  hostname: 127.0.0.1\n  listen: 127.0.0.1\n  port: {port}\n  webport: {webport}\n  \
-             errorlog: {:?}\n  accesslog: \"\"\nhstore:\n  local:\n    home: {:?}\n",
-            dir.join("beansdb.log").display().to_string(),
-            dir.join("home").display().to_string(),
-        );
-        fs::write(conf.join("global.yaml"), global).expect("global.yaml");
-        let buckets: Vec<String> = (0..16).map(|b| format!("\"{b:x}\"")).collect();
-        fs::write(
-            conf.join("route.yaml"),
-            format!(
-                "numbucket: 16\nmain:\n- addr: 127.0.0.1:{port}\n  buckets: [{}]\nbackup: []\n",
-                buckets.join(", ")
-            ),
-        )
-        .expect("route.yaml");
-        let child = Command::new(node_binary())
-            .arg("-confdir")
-            .arg(&conf)
-            .current_dir(dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn beansdb");
-        let mut node = Node {
-            child: Some(child),
+fn start_node(dir: &Path) -> common::Node {
+    let (port, webport) = common::two_free_ports();
+    fs::create_dir_all(dir.join("home")).expect("home dir");
+    common::write_conf(
+        dir,
+        &common::global_yaml(port, webport, dir, "  accesslog: \"\"\n", ""),
+        &common::route_yaml(
             port,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !probe(port) {
-            if let Some(c) = node.child.as_mut() {
-                if let Ok(Some(st)) = c.try_wait() {
-                    panic!(
-                        "beansdb exited with {st}: {}",
-                        fs::read_to_string(dir.join("beansdb.log")).unwrap_or_default()
-                    );
-                }
-            }
-            assert!(Instant::now() < deadline, "beansdb not ready in 30 s");
-            std::thread::sleep(Duration::from_millis(30));
-        }
-        node
-    }
-
-    fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    /// SIGTERM and wait for a clean exit.
-    fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        // SAFETY: plain kill(2) on our own child's pid.
-        unsafe {
-            libc::kill(child.id() as i32, libc::SIGTERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Ok(Some(st)) = child.try_wait() {
-                assert!(st.success(), "node exited with {st}");
-                return;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("node did not stop within 15 s of SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
+            &format!("[{}]", common::bucket_ids(16)),
+            "backup: []\n",
+        ),
+    );
+    common::Node::start(dir, port, webport)
 }
 
-impl Drop for Node {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn probe(port: u16) -> bool {
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
-    if s.write_all(b"get @\r\n").is_err() {
-        return false;
-    }
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    while !buf.ends_with(b"END\r\n") {
-        match s.read(&mut chunk) {
-            Ok(0) | Err(_) => return false,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-    }
-    true
-}
-
-fn bucket_of(key: &str) -> usize {
-    beansdb_hash::bucket_of_key(key.as_bytes(), 1)
-}
-
-/// Keys `prefix0, prefix1, …` that all fall in `bucket`.
-fn keys_in_bucket(prefix: &str, bucket: usize, n: usize) -> Vec<String> {
-    (0..)
-        .map(|i| format!("{prefix}{i}"))
-        .filter(|k| bucket_of(k) == bucket)
-        .take(n)
-        .collect()
+/// SIGTERM and wait for a clean exit.
+fn stop_node(node: &mut common::Node) {
+    let st = node
+        .stop()
+        .unwrap_or_else(|| panic!("node did not stop within 15 s of SIGTERM"));
+    assert!(st.success(), "node exited with {st}");
 }
 
 fn compressible_text(len: usize) -> Vec<u8> {
@@ -190,14 +63,10 @@ struct Written {
 /// value (`doc`, stored QuickLZ-compressed), a tombstone (`gone`) and three keys in one bucket.
 fn written_home() -> Written {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let mut node = Node::start(tmp.path());
+    let mut node = start_node(tmp.path());
     let doc = compressible_text(10240);
     let trio = keys_in_bucket("trio:", bucket_of("doc"), 3);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async {
+    rt().block_on(async {
         let mut c = Client::connect(&node.addr()).await.expect("connect");
         c.set("hello", 0, 0, "world", false).await.expect("set");
         c.set("doc", 0, 0, &doc, false).await.expect("set doc");
@@ -216,7 +85,7 @@ fn written_home() -> Written {
             .expect("set");
         assert!(c.delete("gone").await.expect("delete"));
     });
-    node.stop();
+    stop_node(&mut node);
     Written {
         home: tmp.path().join("home"),
         _tmp: tmp,

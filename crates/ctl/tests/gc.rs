@@ -1,132 +1,42 @@
 //! `beansctl gc` and `beansctl gc-schedule` (tools.md §2, §10 items 13–15): against a real
 //! node whose chunks come from restarts, and the schedule policy against mock admin servers.
 
+mod common;
+
 use std::collections::HashMap;
 use std::fs;
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::process::Output;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use beansdb_client::testing::{free_port, node_binary};
+use beansdb_client::testing::free_port;
 use beansdb_client::Client;
+use common::{beansctl, json_of, keys_in_bucket, rt, show, text, Acceptor, Node};
 use serde_json::{json, Value};
-
-fn beansctl(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_beansctl"))
-        .args(args)
-        .output()
-        .expect("run beansctl")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn show(o: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status.code(),
-        text(&o.stdout),
-        text(&o.stderr)
-    )
-}
-
-fn json_of(o: &Output) -> Value {
-    serde_json::from_slice(&o.stdout)
-        .unwrap_or_else(|e| panic!("stdout is not one JSON document ({e}): {}", show(o)))
-}
 
 // ------------------------------------------------------------------------------------------------
 // A real node on a fixed directory, restartable (every restart starts a new chunk).
-
-struct Node {
-    child: Option<Child>,
-    port: u16,
-    webport: u16,
-}
 
 /// Buckets the test node serves: all but `f`, so `f` is "no data for bucket id".
 const SERVED: &str =
     "[\"0\", \"1\", \"2\", \"3\", \"4\", \"5\", \"6\", \"7\", \"8\", \"9\", a, b, c, d, e]";
 
-impl Node {
-    fn start(dir: &Path, port: u16, webport: u16) -> Node {
-        let conf = dir.join("conf");
-        fs::create_dir_all(&conf).expect("conf");
-        let s = |p: PathBuf| format!("{:?}", p.display().to_string());
-        fs::write(
-            conf.join("global.yaml"),
-            format!(
-                "server:\n  hostname: 127.0.0.1\n  listen: 127.0.0.1\n  port: {port}\n  webport: {webport}\n  \
-                 errorlog: {}\nhstore:\n  local:\n    home: {}\n  gc:\n    max_mb_per_sec: 0\n",
-                s(dir.join("beansdb.log")),
-                s(dir.join("home")),
-            ),
-        )
-        .expect("global.yaml");
-        fs::write(conf.join("route.yaml"), route_yaml(port)).expect("route.yaml");
-        let child = Command::new(node_binary())
-            .arg("-confdir")
-            .arg(&conf)
-            .current_dir(dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn beansdb");
-        let mut node = Node {
-            child: Some(child),
-            port,
-            webport,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !probe(port) {
-            if let Some(Ok(Some(st))) = node.child.as_mut().map(Child::try_wait) {
-                panic!(
-                    "beansdb exited with {st}: {}",
-                    fs::read_to_string(dir.join("beansdb.log")).unwrap_or_default()
-                );
-            }
-            assert!(Instant::now() < deadline, "beansdb not ready in 30 s");
-            std::thread::sleep(Duration::from_millis(30));
-        }
-        node
-    }
-
-    fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe {
-            libc::kill(child.id() as i32, libc::SIGTERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while !matches!(child.try_wait(), Ok(Some(_))) {
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("node did not stop within 15 s");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
+/// A node on `dir` with gc unthrottled; every restart starts a new chunk.
+fn start_node(dir: &Path, port: u16, webport: u16) -> Node {
+    common::write_conf(
+        dir,
+        &common::global_yaml(port, webport, dir, "", "  gc:\n    max_mb_per_sec: 0\n"),
+        &route_yaml(port),
+    );
+    Node::start(dir, port, webport)
 }
 
-impl Drop for Node {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+fn stop_node(node: &mut Node) {
+    if node.stop().is_none() {
+        panic!("node did not stop within 15 s");
     }
 }
 
@@ -141,42 +51,29 @@ fn ports() -> (u16, u16) {
 }
 
 fn route_yaml(port: u16) -> String {
-    format!("numbucket: 16\nmain:\n- addr: 127.0.0.1:{port}\n  buckets: {SERVED}\n")
-}
-
-fn probe(port: u16) -> bool {
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
-    if s.write_all(b"get @\r\n").is_err() {
-        return false;
-    }
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    while !buf.ends_with(b"END\r\n") {
-        match s.read(&mut chunk) {
-            Ok(0) | Err(_) => return false,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-    }
-    true
+    common::route_yaml(port, SERVED, "")
 }
 
 fn keys_in_bucket3(n: usize) -> Vec<String> {
-    (0..)
-        .map(|i| format!("gc:{i}"))
-        .filter(|k| beansdb_hash::bucket_of_key(k.as_bytes(), 1) == 3)
-        .take(n)
-        .collect()
+    keys_in_bucket("gc:", 3, n)
+}
+
+/// `gc plan` of bucket 3 with `--nogcdays 0`.
+fn plan_bucket3(addr: &str) -> Output {
+    beansctl(&[
+        "gc",
+        "plan",
+        "--node",
+        addr,
+        "--bucket",
+        "3",
+        "--nogcdays",
+        "0",
+    ])
 }
 
 fn write_all(addr: &str, keys: &[String], tag: &str) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async {
+    rt().block_on(async {
         let mut c = Client::connect(addr).await.expect("connect");
         for k in keys {
             let v = format!("{tag}:{k}:").repeat(20);
@@ -193,13 +90,13 @@ fn gc_against_a_real_node() {
     let keys = keys_in_bucket3(30);
 
     // Chunk 0: the first values; chunk 1: all overwritten; chunk 2: one more key.
-    let mut node = Node::start(dir, port, webport);
+    let mut node = start_node(dir, port, webport);
     write_all(&node.addr(), &keys, "one");
-    node.stop();
-    let mut node = Node::start(dir, port, webport);
+    stop_node(&mut node);
+    let mut node = start_node(dir, port, webport);
     write_all(&node.addr(), &keys, "two");
-    node.stop();
-    let node = Node::start(dir, port, webport);
+    stop_node(&mut node);
+    let node = start_node(dir, port, webport);
     write_all(&node.addr(), &keys[..1], "three");
     // nogcdays 0 still needs the next chunk's first record to be older than now.
     std::thread::sleep(Duration::from_millis(1100));
@@ -208,16 +105,7 @@ fn gc_against_a_real_node() {
     fs::write(&route, route_yaml(port)).expect("route");
     let route_s = route.to_str().expect("utf-8");
 
-    let o = beansctl(&[
-        "gc",
-        "plan",
-        "--node",
-        &addr,
-        "--bucket",
-        "3",
-        "--nogcdays",
-        "0",
-    ]);
+    let o = plan_bucket3(&addr);
     assert_eq!(o.status.code(), Some(0), "{}", show(&o));
     assert_eq!(
         text(&o.stdout).trim(),
@@ -314,16 +202,7 @@ fn gc_against_a_real_node() {
     );
 
     // Nothing left: exit 1 with a plain message; a cancel with nothing running: exit 1.
-    let o = beansctl(&[
-        "gc",
-        "plan",
-        "--node",
-        &addr,
-        "--bucket",
-        "3",
-        "--nogcdays",
-        "0",
-    ]);
+    let o = plan_bucket3(&addr);
     assert_eq!(o.status.code(), Some(1), "{}", show(&o));
     assert!(text(&o.stdout).starts_with(&format!("nothing to collect on {addr} bucket 3: ")));
     let o = beansctl(&["gc", "cancel", "--node", &addr, "--bucket", "3"]);
@@ -387,57 +266,41 @@ type Handler = Box<dyn Fn(&str) -> (u16, String) + Send + Sync>;
 struct Mock {
     port: u16,
     requests: Arc<Mutex<Vec<String>>>,
-    stop: Arc<AtomicBool>,
+    _server: Acceptor,
 }
 
 impl Mock {
     fn start(handler: Handler) -> Mock {
-        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let port = l.local_addr().expect("addr").port();
         let requests = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (reqs, st) = (requests.clone(), stop.clone());
-        std::thread::spawn(move || {
-            for s in l.incoming() {
-                if st.load(Ordering::SeqCst) {
-                    return;
+        let reqs = requests.clone();
+        let server = Acceptor::start(move |mut s| {
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 1024];
+            while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut chunk) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
                 }
-                let Ok(mut s) = s else { continue };
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 1024];
-                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut chunk) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
-                }
-                let req = String::from_utf8_lossy(&buf).into_owned();
-                let path = req.split_whitespace().nth(1).unwrap_or("/").to_string();
-                reqs.lock().expect("lock").push(path.clone());
-                let (status, body) = handler(&path);
-                let _ = write!(
-                    s,
-                    "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
             }
+            let req = String::from_utf8_lossy(&buf).into_owned();
+            let path = req.split_whitespace().nth(1).unwrap_or("/").to_string();
+            reqs.lock().expect("lock").push(path.clone());
+            let (status, body) = handler(&path);
+            let _ = write!(
+                s,
+                "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
         });
         Mock {
-            port,
+            port: server.addr.port(),
             requests,
-            stop,
+            _server: server,
         }
     }
 
     fn requests(&self) -> Vec<String> {
         self.requests.lock().expect("lock").clone()
-    }
-}
-
-impl Drop for Mock {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect(("127.0.0.1", self.port));
     }
 }
 

@@ -1,147 +1,67 @@
 //! `beansctl replay` end to end (tools.md §4, §10 items 21–25) against a real node with its
 //! access log on.
 
+mod common;
+
 use std::fs;
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::io::Write;
+use std::path::Path;
+use std::process::Output;
 use std::time::{Duration, Instant};
 
-use beansdb_client::testing::{free_port, node_binary};
+use beansdb_client::testing::free_port;
 use beansdb_client::Client;
-use serde_json::Value;
-
-fn beansctl(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_beansctl"))
-        .args(args)
-        .output()
-        .expect("run beansctl")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn show(o: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status.code(),
-        text(&o.stdout),
-        text(&o.stderr)
-    )
-}
-
-fn json_of(o: &Output) -> Value {
-    serde_json::from_slice(&o.stdout)
-        .unwrap_or_else(|e| panic!("stdout is not one JSON document ({e}): {}", show(o)))
-}
+use common::{beansctl, json_of, rt, show, text};
 
 /// A node with its access log on, killed on drop.
 struct Node {
-    child: Child,
-    port: u16,
-    webport: u16,
-    dir: tempfile::TempDir,
+    node: common::Node,
+    _dir: tempfile::TempDir,
 }
 
 impl Node {
     fn start() -> Node {
         let dir = tempfile::tempdir().expect("tempdir");
-        let port = free_port();
-        let mut webport = free_port();
-        while webport == port {
-            webport = free_port();
+        let (port, webport) = common::two_free_ports();
+        let access = format!(
+            "  accesslog: {}\n",
+            common::yaml_path(&dir.path().join("access.log"))
+        );
+        common::write_conf(
+            dir.path(),
+            &common::global_yaml(port, webport, dir.path(), &access, ""),
+            &common::route_yaml(port, &format!("[{}]", common::bucket_ids(16)), ""),
+        );
+        Node {
+            node: common::Node::start(dir.path(), port, webport),
+            _dir: dir,
         }
-        let conf = dir.path().join("conf");
-        fs::create_dir_all(&conf).expect("conf");
-        let s = |p: PathBuf| format!("{:?}", p.display().to_string());
-        fs::write(
-            conf.join("global.yaml"),
-            format!(
-                "server:\n  hostname: 127.0.0.1\n  listen: 127.0.0.1\n  port: {port}\n  webport: {webport}\n  \
-                 errorlog: {}\n  accesslog: {}\nhstore:\n  local:\n    home: {}\n",
-                s(dir.path().join("beansdb.log")),
-                s(dir.path().join("access.log")),
-                s(dir.path().join("home")),
-            ),
-        )
-        .expect("global.yaml");
-        let buckets: Vec<String> = (0..16).map(|b| format!("\"{b:x}\"")).collect();
-        fs::write(
-            conf.join("route.yaml"),
-            format!(
-                "numbucket: 16\nmain:\n- addr: 127.0.0.1:{port}\n  buckets: [{}]\n",
-                buckets.join(", ")
-            ),
-        )
-        .expect("route.yaml");
-        let child = Command::new(node_binary())
-            .arg("-confdir")
-            .arg(&conf)
-            .current_dir(dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn beansdb");
-        let mut node = Node {
-            child,
-            port,
-            webport,
-            dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !probe(port) {
-            if let Ok(Some(st)) = node.child.try_wait() {
-                panic!("beansdb exited with {st}");
-            }
-            assert!(Instant::now() < deadline, "beansdb not ready in 30 s");
-            std::thread::sleep(Duration::from_millis(30));
-        }
-        node
     }
 
     fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        self.node.addr()
+    }
+
+    fn webport(&self) -> u16 {
+        self.node.webport
     }
 
     fn access_log(&self) -> String {
-        fs::read_to_string(self.dir.path().join("access.log")).unwrap_or_default()
+        fs::read_to_string(self.node.dir.join("access.log")).unwrap_or_default()
     }
 }
 
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn probe(port: u16) -> bool {
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
-    if s.write_all(b"get @\r\n").is_err() {
-        return false;
-    }
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    while !buf.ends_with(b"END\r\n") {
-        match s.read(&mut chunk) {
-            Ok(0) | Err(_) => return false,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-    }
-    true
-}
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
+/// `beansctl --json replay --target addr log extra…`.
+fn replay_json(addr: &str, log: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "--json",
+        "replay",
+        "--target",
+        addr,
+        log.to_str().expect("utf-8"),
+    ];
+    args.extend_from_slice(extra);
+    beansctl(&args)
 }
 
 fn stat(addr: &str, name: &str) -> u64 {
@@ -262,17 +182,7 @@ fn reads_only_by_default_with_duplicates_kept() {
     let set0 = stat(&addr, "cmd_set");
     let del0 = stat(&addr, "cmd_delete");
 
-    let o = beansctl(&[
-        "--json",
-        "replay",
-        "--target",
-        &addr,
-        path.to_str().expect("utf-8"),
-        "--rate",
-        "500",
-        "--connections",
-        "4",
-    ]);
+    let o = replay_json(&addr, &path, &["--rate", "500", "--connections", "4"]);
     assert_eq!(o.status.code(), Some(0), "{}", show(&o));
     let v = json_of(&o);
     let pc = &v["per_cmd"];
@@ -348,15 +258,7 @@ fn writes_with_allow_writes() {
     let path = dir.path().join("access.log");
     fs::write(&path, mixed_log().text).expect("write log");
     let set0 = stat(&addr, "cmd_set");
-    let o = beansctl(&[
-        "--json",
-        "replay",
-        "--target",
-        &addr,
-        path.to_str().expect("utf-8"),
-        "--max",
-        "--allow-writes",
-    ]);
+    let o = replay_json(&addr, &path, &["--max", "--allow-writes"]);
     assert_eq!(o.status.code(), Some(0), "{}", show(&o));
     let v = json_of(&o);
     assert_eq!(v["per_cmd"]["SET"]["replayed"], 3, "{v}");
@@ -396,13 +298,7 @@ fn strict_pacing_gz_and_watch() {
         err.contains("error: ") && err.contains("bad.log:2: unparsable line"),
         "{err}"
     );
-    let o = beansctl(&[
-        "--json",
-        "replay",
-        "--target",
-        &addr,
-        bad.to_str().expect("utf-8"),
-    ]);
+    let o = replay_json(&addr, &bad, &[]);
     assert_eq!(o.status.code(), Some(0), "{}", show(&o));
     assert_eq!(json_of(&o)["skipped"]["unparsable"], 1);
 
@@ -413,15 +309,7 @@ fn strict_pacing_gz_and_watch() {
     }
     let timed = dir.path().join("timed.log");
     fs::write(&timed, lines.join("\n") + "\n").expect("write");
-    let o = beansctl(&[
-        "--json",
-        "replay",
-        "--target",
-        &addr,
-        timed.to_str().expect("utf-8"),
-        "--speed",
-        "2",
-    ]);
+    let o = replay_json(&addr, &timed, &["--speed", "2"]);
     assert_eq!(o.status.code(), Some(0), "{}", show(&o));
     let e = json_of(&o)["elapsed_s"].as_f64().expect("elapsed_s");
     assert!((0.55..1.3).contains(&e), "--speed 2 took {e}s");
@@ -436,19 +324,18 @@ fn strict_pacing_gz_and_watch() {
         writeln!(enc, "{} V1 a:1 GET SUCC 0 h 0 r{i}", ts(i * 5000)).expect("gz write");
     }
     enc.finish().expect("gz finish");
-    let o = beansctl(&[
-        "--json",
-        "replay",
-        "--target",
+    let o = replay_json(
         &addr,
-        gz.to_str().expect("utf-8"),
-        "--rate",
-        "40",
-        "--watch",
-        &format!("http://127.0.0.1:{}", node.webport),
-        "--watch-interval",
-        "100ms",
-    ]);
+        &gz,
+        &[
+            "--rate",
+            "40",
+            "--watch",
+            &format!("http://127.0.0.1:{}", node.webport()),
+            "--watch-interval",
+            "100ms",
+        ],
+    );
     assert_eq!(o.status.code(), Some(0), "{}", show(&o));
     let v = json_of(&o);
     assert_eq!(v["replayed"], 21);
@@ -470,46 +357,23 @@ fn strict_pacing_gz_and_watch() {
     );
 
     // --limit and --duration bound the run.
-    let o = beansctl(&[
-        "--json",
-        "replay",
-        "--target",
-        &addr,
-        timed.to_str().expect("utf-8"),
-        "--limit",
-        "3",
-        "--max",
-    ]);
+    let o = replay_json(&addr, &timed, &["--limit", "3", "--max"]);
     assert_eq!(json_of(&o)["replayed"], 3, "{}", show(&o));
-    let o = beansctl(&[
-        "--json",
-        "replay",
-        "--target",
+    let o = replay_json(
         &addr,
-        timed.to_str().expect("utf-8"),
-        "--max",
-        "--affinity",
-        "client",
-        "--connections",
-        "3",
-    ]);
+        &timed,
+        &["--max", "--affinity", "client", "--connections", "3"],
+    );
     assert_eq!(o.status.code(), Some(0), "{}", show(&o));
     let v = json_of(&o);
     assert_eq!(v["replayed"], 13, "{v}");
     assert_eq!(v["per_cmd"]["GET"]["ok"], 13, "{v}");
     let start = Instant::now();
-    let o = beansctl(&[
-        "--json",
-        "replay",
-        "--target",
+    let o = replay_json(
         &addr,
-        timed.to_str().expect("utf-8"),
-        "--loop",
-        "--duration",
-        "700ms",
-        "--speed",
-        "4",
-    ]);
+        &timed,
+        &["--loop", "--duration", "700ms", "--speed", "4"],
+    );
     assert_eq!(o.status.code(), Some(0), "{}", show(&o));
     let v = json_of(&o);
     assert!(

@@ -2,17 +2,18 @@
 //! cluster (4 nodes, 16 buckets, each bucket on 3 nodes, no node holding every bucket),
 //! replicas diverged by direct writes, then synced and checked node by node.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use beansdb_client::testing::node_binary;
 use beansdb_client::{Client, StoreReply};
+use common::{bucket_of, text, NotReady, Probe};
 use serde_json::Value;
 
 const NUMBUCKET: usize = 16;
@@ -23,11 +24,6 @@ fn bucket_hex(b: usize, numbucket: usize) -> String {
     } else {
         format!("{b:x}")
     }
-}
-
-/// Bucket of a key with 16 buckets.
-fn bucket_of(key: &str) -> usize {
-    beansdb_hash::bucket_of_key(key.as_bytes(), 1)
 }
 
 struct Node {
@@ -52,51 +48,27 @@ impl Node {
     fn try_start(&mut self) -> Result<(), String> {
         let out = fs::File::create(self.dir.join("node.out")).expect("node.out");
         let err = fs::File::create(self.dir.join("node.err")).expect("node.err");
-        let child = Command::new(node_binary())
-            .arg("-confdir")
-            .arg(self.dir.join("conf"))
-            .current_dir(&self.dir)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .expect("spawn beansdb");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Some(c) = self.child.as_mut() {
-                if let Ok(Some(status)) = c.try_wait() {
-                    self.child = None;
-                    return Err(format!("beansdb exited with {status}: {}", self.log()));
-                }
+        let child = self
+            .child
+            .insert(common::spawn_node(&self.dir, out.into(), err.into()));
+        match common::wait_ready(child, self.port, PROBE) {
+            Ok(()) => Ok(()),
+            Err(NotReady::Exited(status)) => {
+                self.child = None;
+                Err(format!("beansdb exited with {status}: {}", self.log()))
             }
-            if probe(self.port) {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(30));
+            Err(NotReady::Timeout) => Err(format!(
+                "beansdb on {} not ready: {}",
+                self.port,
+                self.log()
+            )),
         }
-        Err(format!(
-            "beansdb on {} not ready: {}",
-            self.port,
-            self.log()
-        ))
     }
 
     /// Graceful stop (SIGTERM), so everything written so far is on disk for the restart.
     fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &c.id().to_string()])
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(15);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = c.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
+            common::sigterm_and_wait(&mut c, Duration::from_secs(15));
         }
     }
 
@@ -124,26 +96,11 @@ impl Drop for Node {
     }
 }
 
-fn probe(port: u16) -> bool {
-    let Ok(mut s) =
-        TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(300))
-    else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    if s.write_all(b"get @\r\n").is_err() {
-        return false;
-    }
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    while !buf.ends_with(b"END\r\n") {
-        match s.read(&mut chunk) {
-            Ok(0) | Err(_) => return false,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-    }
-    true
-}
+/// Nodes of a whole cluster start at once: a shorter connect, a longer read.
+const PROBE: Probe = Probe {
+    connect_timeout: Some(Duration::from_millis(300)),
+    read_timeout: Duration::from_secs(2),
+};
 
 /// Nodes sharing one route; main `i` serves every bucket `b` with `b % mains != i`.
 struct Cluster {
@@ -235,16 +192,14 @@ impl Cluster {
             let webport = n.webport;
             // One node skips same-value writes (check_vhash), so version raises in place are
             // exercised next to nodes that write a new record.
-            let global = format!(
-                "server:\n  hostname: 127.0.0.1\n  listen: 127.0.0.1\n  port: {}\n  webport: {webport}\n  \
-                 errorlog: {:?}\nhstore:\n  local:\n    home: {:?}\n  data:\n    check_vhash: {}\n",
+            let global = common::global_yaml(
                 n.port,
-                n.dir.join("beansdb.log").display().to_string(),
-                n.dir.join("home").display().to_string(),
-                i == 0
+                webport,
+                &n.dir,
+                "",
+                &format!("  data:\n    check_vhash: {}\n", i == 0),
             );
-            fs::write(n.dir.join("conf/global.yaml"), global).expect("global.yaml");
-            fs::write(n.dir.join("conf/route.yaml"), &route).expect("route.yaml");
+            common::write_conf(&n.dir, &global, &route);
         }
         let route_path = tmp.path().join("route.yaml");
         fs::write(&route_path, &route).expect("route.yaml");
@@ -438,15 +393,7 @@ impl Cluster {
 }
 
 fn beansctl(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_beansctl"))
-        .args(args)
-        .env("NO_COLOR", "1")
-        .output()
-        .expect("run beansctl")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
+    common::beansctl_env(args, &[("NO_COLOR", "1")])
 }
 
 /// Runs and parses a `--json` sync, asserting the exit code.
@@ -963,7 +910,7 @@ fn report_and_exit_codes() {
 
     // Lock busy: exit 4 naming the holder's pid. The holder is slowed down by --rate.
     let lock = c._tmp.path().join("held.lock");
-    let first = Command::new(env!("CARGO_BIN_EXE_beansctl"))
+    let first = Command::new(common::beansctl_path())
         .args([
             "sync",
             "--route",
@@ -1020,13 +967,12 @@ fn report_and_exit_codes() {
     )
     .expect("write");
     let dead = c._tmp.path().join("dead.yaml");
-    let ids: Vec<String> = (0..16).map(|b| format!("\"{b:x}\"")).collect();
     fs::write(
         &dead,
-        format!(
-            "numbucket: 16\nmain:\n- addr: 127.0.0.1:{}\n  buckets: [{}]\n",
+        common::route_yaml(
             unique_ports(1)[0],
-            ids.join(", ")
+            &format!("[{}]", common::bucket_ids(16)),
+            "",
         ),
     )
     .expect("write");

@@ -2,34 +2,22 @@
 //! re-issue a node's traffic. Off unless `server.accesslog` is set; SIGUSR1 reopens it.
 //! The same file type carries the analysis log (`server.analysislog`).
 
-use std::fs::{File, OpenOptions};
-use std::io::Write;
-use std::path::PathBuf;
-
-use parking_lot::Mutex;
+use beansdb_observe::accesslog::LineFile;
 
 pub struct AccessLog {
-    path: PathBuf,
-    file: Mutex<Option<File>>,
+    file: LineFile,
 }
 
 impl AccessLog {
+    /// Missing parent directories are an error here (unlike the proxy's access log).
     pub fn open(path: &str) -> std::io::Result<AccessLog> {
-        let log = AccessLog {
-            path: PathBuf::from(path),
-            file: Mutex::new(None),
-        };
-        log.reopen()?;
-        Ok(log)
+        Ok(AccessLog {
+            file: LineFile::open(path, false)?,
+        })
     }
 
     pub fn reopen(&self) -> std::io::Result<()> {
-        let f = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.path)?;
-        *self.file.lock() = Some(f);
-        Ok(())
+        self.file.reopen()
     }
 
     /// One request: `cmd` upper-case, `sizes` as the format wants them, keys as received.
@@ -58,8 +46,6 @@ impl AccessLog {
 
     /// Appends one complete line (ending in `\n`).
     pub fn write_line(&self, line: &[u8]) {
-        if let Some(f) = self.file.lock().as_mut() {
-            let _ = f.write_all(line);
-        }
+        self.file.write_line(line);
     }
 }

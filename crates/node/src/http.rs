@@ -11,7 +11,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use beansdb_store::buffers::BUFFERS;
+
 use beansdb_store::BucketInfo;
 use serde_json::{json, Value};
 
@@ -111,7 +111,7 @@ async fn index() -> Html<&'static str> {
 async fn buffers() -> Response {
     (
         [(header::CONTENT_TYPE, "application/json")],
-        BUFFERS.to_json(),
+        beansdb_store::buffers::to_json(),
     )
         .into_response()
 }
@@ -288,18 +288,7 @@ async fn hash(State(admin): St, Path(khash): Path<String>) -> Response {
 }
 
 async fn rusage() -> Response {
-    let ru = crate::stats::rusage_full();
-    json_response(json!({
-        "Utime": {"Sec": ru.ru_utime.tv_sec, "Usec": ru.ru_utime.tv_usec},
-        "Stime": {"Sec": ru.ru_stime.tv_sec, "Usec": ru.ru_stime.tv_usec},
-        "Maxrss": ru.ru_maxrss,
-        "Minflt": ru.ru_minflt,
-        "Majflt": ru.ru_majflt,
-        "Inblock": ru.ru_inblock,
-        "Oublock": ru.ru_oublock,
-        "Nvcsw": ru.ru_nvcsw,
-        "Nivcsw": ru.ru_nivcsw,
-    }))
+    json_response(json!(beansdb_observe::process::RusageReport::now()))
 }
 
 async fn metrics_text(State(admin): St) -> Response {

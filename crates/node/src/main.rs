@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use beansdb_node::config::NodeConfig;
-use beansdb_node::logging::LogSink;
+use beansdb_node::logging;
 
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
@@ -89,7 +89,7 @@ fn main() -> ExitCode {
         print!("{}", cfg.dump_yaml());
         return ExitCode::SUCCESS;
     }
-    let log = match LogSink::new(&cfg.server.errorlog) {
+    let log = match logging::open(&cfg.server.errorlog) {
         Ok(l) => l,
         Err(e) => {
             eprintln!(

@@ -54,7 +54,7 @@ fn bind_addr(listen: &str, port: u16) -> anyhow::Result<SocketAddr> {
 /// Runs the node until a shutdown signal; returns after a clean shutdown.
 pub async fn serve(cfg: NodeConfig, log: LogSink) -> anyhow::Result<()> {
     let started = Instant::now();
-    BUFFERS.set_large_threshold(cfg.mc.body_c as usize);
+    BUFFERS.set_large_threshold(cfg.mc.body_c);
     let prometheus = crate::metrics::install();
     let admin = Arc::new(Admin::new(
         cfg.config_json(),

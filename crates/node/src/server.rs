@@ -5,9 +5,10 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use beansdb_observe::accesslog::get_name_and_sizes;
 use beansdb_protocol::request::{Command, Decoded, DecoderConfig, RequestDecoder};
 use beansdb_protocol::{is_valid_write_key, response as resp};
-use beansdb_store::buffers::{BufferKind, Tracked};
+use beansdb_store::buffers::{track, BufferKind, Tracked};
 use beansdb_store::{Durable, Store, StoreError, WriteOutcome};
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -208,7 +209,7 @@ impl Node {
                         body_guard
                     } else {
                         drop(body_guard);
-                        Some(Tracked::new(BufferKind::SetData, n))
+                        Some(track(BufferKind::SetData, n))
                     }
                 }
                 _ => None,
@@ -297,7 +298,7 @@ impl Node {
         let noreply = cmd.noreply();
         // The body is ours now; account it until it is queued or dropped.
         let _body = match &cmd {
-            Command::Set { value, .. } => Some(Tracked::new(BufferKind::SetData, value.len())),
+            Command::Set { value, .. } => Some(track(BufferKind::SetData, value.len())),
             _ => None,
         };
         let _permit = if needs_slot {
@@ -381,22 +382,7 @@ impl Node {
         match cmd {
             Command::Get { keys, gets } => {
                 let total: usize = sizes.iter().sum();
-                let multi = keys.len() > 1;
-                let name = match (multi, gets) {
-                    (true, true) => "GETSM",
-                    (true, false) => "GETM",
-                    (false, true) => "GETS",
-                    (false, false) => "GET",
-                };
-                let sz = if multi {
-                    sizes
-                        .iter()
-                        .map(|s| s.to_string())
-                        .collect::<Vec<_>>()
-                        .join(",")
-                } else {
-                    total.to_string()
-                };
+                let (name, sz) = get_name_and_sizes(keys.len(), *gets, sizes);
                 let ks: Vec<&[u8]> = keys.iter().map(|k| k.as_ref()).collect();
                 log.write(remote, name, total > 0 && !failed, &sz, micros, &ks);
             }

@@ -35,14 +35,9 @@ pub struct ProcessInfo {
     pub start_unix: u64,
 }
 
-/// (user seconds, system seconds, max RSS KiB) of this process.
+/// (user seconds, system seconds, max RSS KiB) of this process; zeroes if unavailable.
 pub fn rusage() -> (u64, u64, u64) {
-    // SAFETY: getrusage only writes into the zeroed struct we pass; RUSAGE_SELF is valid.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
-    if rc != 0 {
-        return (0, 0, 0);
-    }
+    let ru = beansdb_observe::process::rusage();
     (
         ru.ru_utime.tv_sec as u64,
         ru.ru_stime.tv_sec as u64,
@@ -50,38 +45,12 @@ pub fn rusage() -> (u64, u64, u64) {
     )
 }
 
-/// Full rusage for `/rusage`.
-pub fn rusage_full() -> libc::rusage {
-    // SAFETY: as above.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
-    ru
-}
-
 /// Number of OS threads (from /proc; 0 when unavailable).
 pub fn thread_count() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Threads:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        })
-        .unwrap_or(0)
+    beansdb_observe::process::proc_status_field("Threads:")
 }
 
-/// Resident set size in bytes (from /proc; 0 when unavailable).
-pub fn rss_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/statm")
-        .ok()
-        .and_then(|s| {
-            s.split_whitespace()
-                .nth(1)
-                .and_then(|v| v.parse::<u64>().ok())
-        })
-        .map(|pages| pages * 4096)
-        .unwrap_or(0)
-}
+pub use beansdb_observe::process::rss_bytes_statm as rss_bytes;
 
 /// (free, total) bytes of the filesystem holding `path`.
 pub fn disk_space(path: &std::path::Path) -> Option<(u64, u64)> {

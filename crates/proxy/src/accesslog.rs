@@ -2,15 +2,10 @@
 //! `YYYY/MM/DD HH:MM:SS.uuuuuu V1 <client> <CMD> <SUCC|FAILED> <sizes> <targets> <µs> <keys>`.
 //! `beansctl replay` parses the GET/GETM lines. SIGUSR1 reopens the file.
 
-use std::fs::{File, OpenOptions};
-use std::io::Write;
-use std::path::PathBuf;
-
-use parking_lot::Mutex;
+use beansdb_observe::accesslog::LineFile;
 
 pub struct AccessLog {
-    path: PathBuf,
-    file: Mutex<Option<File>>,
+    file: LineFile,
 }
 
 /// One line's fields.
@@ -26,34 +21,19 @@ pub struct Entry<'a> {
 }
 
 impl AccessLog {
+    /// Missing parent directories are created.
     pub fn open(path: &str) -> std::io::Result<AccessLog> {
-        let log = AccessLog {
-            path: PathBuf::from(path),
-            file: Mutex::new(None),
-        };
-        log.reopen()?;
-        Ok(log)
+        Ok(AccessLog {
+            file: LineFile::open(path, true)?,
+        })
     }
 
     pub fn reopen(&self) -> std::io::Result<()> {
-        if let Some(dir) = self.path.parent() {
-            if !dir.as_os_str().is_empty() {
-                std::fs::create_dir_all(dir)?;
-            }
-        }
-        let f = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.path)?;
-        *self.file.lock() = Some(f);
-        Ok(())
+        self.file.reopen()
     }
 
     pub fn write(&self, e: &Entry<'_>, me: &str) {
-        let line = format_entry(e, me);
-        if let Some(f) = self.file.lock().as_mut() {
-            let _ = f.write_all(&line);
-        }
+        self.file.write_line(&format_entry(e, me));
     }
 }
 

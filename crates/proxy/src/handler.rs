@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use beansdb_observe::accesslog::get_name_and_sizes;
 use beansdb_protocol::request::{Command, Decoded, DecoderConfig, RequestDecoder, SetKind};
 use beansdb_protocol::{is_valid_write_key, response as resp};
 use bytes::{Bytes, BytesMut};
@@ -21,7 +22,7 @@ use tokio::sync::watch;
 use tracing::error;
 
 use crate::accesslog::{AccessLog, Entry};
-use crate::buffers::{BufKind, Tracked};
+use crate::buffers::{track, BufKind, Tracked};
 use crate::cluster::Cluster;
 use crate::config::{ms, Config};
 use crate::limiter::Limiter;
@@ -195,7 +196,7 @@ impl Proxy {
             upload = match dec.pending_body_len() {
                 Some(n) if n > 0 => match upload {
                     Some(g) if g.size() == n => Some(g),
-                    _ => Some(Tracked::new(BufKind::SetData, n)),
+                    _ => Some(track(BufKind::SetData, n)),
                 },
                 _ => None,
             };
@@ -319,22 +320,7 @@ impl Proxy {
         let (name, ok, size_text) = match cmd {
             Command::Get { keys, gets } => {
                 let total: usize = sizes.iter().sum();
-                let multi = keys.len() > 1;
-                let name = match (multi, gets) {
-                    (true, true) => "GETSM",
-                    (true, false) => "GETM",
-                    (false, true) => "GETS",
-                    (false, false) => "GET",
-                };
-                let text = if multi {
-                    sizes
-                        .iter()
-                        .map(|s| s.to_string())
-                        .collect::<Vec<_>>()
-                        .join(",")
-                } else {
-                    total.to_string()
-                };
+                let (name, text) = get_name_and_sizes(keys.len(), *gets, sizes);
                 (name.to_string(), total > 0, text)
             }
             Command::Set { kind, value, .. } => (

@@ -10,7 +10,6 @@ use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::{json, Map, Value};
 
-use crate::buffers::BUFFERS;
 use crate::cluster::RoutingState;
 use crate::handler::Proxy;
 use crate::routing::read_order;
@@ -212,7 +211,7 @@ async fn reload(st: St) -> String {
 }
 
 async fn buffers() -> Response {
-    json_response(BUFFERS.to_json())
+    json_response(crate::buffers::to_json())
 }
 
 async fn config(st: St) -> Response {
@@ -224,18 +223,7 @@ async fn request(st: St) -> Response {
 }
 
 async fn rusage() -> Response {
-    let ru = crate::stats::rusage();
-    json_response(json!({
-        "Utime": {"Sec": ru.ru_utime.tv_sec, "Usec": ru.ru_utime.tv_usec},
-        "Stime": {"Sec": ru.ru_stime.tv_sec, "Usec": ru.ru_stime.tv_usec},
-        "Maxrss": ru.ru_maxrss,
-        "Minflt": ru.ru_minflt,
-        "Majflt": ru.ru_majflt,
-        "Inblock": ru.ru_inblock,
-        "Oublock": ru.ru_oublock,
-        "Nvcsw": ru.ru_nvcsw,
-        "Nivcsw": ru.ru_nivcsw,
-    }))
+    json_response(json!(beansdb_observe::process::RusageReport::now()))
 }
 
 async fn cstar() -> &'static str {

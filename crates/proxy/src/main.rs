@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use beansdb_proxy::config::{errorlog_hint, Config};
-use beansdb_proxy::logging::ErrorLog;
+use beansdb_proxy::logging::{self, ErrorLog};
 use beansdb_proxy::server::{self, Stopped};
 
 #[global_allocator]
@@ -61,7 +61,7 @@ fn config_error(dir: Option<&PathBuf>, msg: &str) -> ExitCode {
     eprintln!("{msg}");
     if let Some(path) = dir.and_then(|d| errorlog_hint(d)) {
         if !path.is_empty() {
-            if let Ok(log) = ErrorLog::new(&path) {
+            if let Ok(log) = logging::open(&path) {
                 log.write_line("FATAL", "config", msg);
             }
         }
@@ -119,7 +119,7 @@ fn main() -> ExitCode {
         print!("{}", cfg.dump_yaml());
         return ExitCode::SUCCESS;
     }
-    let log = match ErrorLog::new(&cfg.proxy.errorlog) {
+    let log = match logging::open(&cfg.proxy.errorlog) {
         Ok(l) => l,
         Err(e) => {
             eprintln!("proxy.errorlog: cannot open {:?}: {e}", cfg.proxy.errorlog);

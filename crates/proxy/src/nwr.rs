@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinSet;
 use tracing::warn;
 
-use crate::buffers::{BufKind, Tracked};
+use crate::buffers::{track, BufKind, Tracked};
 use crate::cluster::RoutingState;
 use crate::getm::Planner;
 use crate::logging::escape;
@@ -58,7 +58,7 @@ pub struct Body {
 
 impl Body {
     pub fn new(data: Bytes) -> Arc<Body> {
-        let acct = Tracked::new(BufKind::SetData, data.len());
+        let acct = track(BufKind::SetData, data.len());
         Arc::new(Body { data, _acct: acct })
     }
 }

@@ -21,7 +21,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{info, warn};
 
-use crate::buffers::{BufKind, Tracked};
+use crate::buffers::{track, BufKind, Tracked};
 use crate::health::{Health, HealthParams, HealthView};
 use crate::metrics;
 
@@ -130,7 +130,7 @@ pub struct Item {
 
 impl Item {
     pub fn new(key: Bytes, flag: u32, data: Bytes) -> Item {
-        let acct = Tracked::new(BufKind::GetData, data.len());
+        let acct = track(BufKind::GetData, data.len());
         Item {
             key,
             flag,

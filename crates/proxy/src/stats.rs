@@ -42,15 +42,7 @@ pub struct Process {
     pub open_fds: u64,
 }
 
-pub fn rusage() -> libc::rusage {
-    // SAFETY: getrusage only writes into the zero-initialised struct passed by pointer, and
-    // RUSAGE_SELF is a valid `who`; a zeroed rusage is a valid value of this plain C struct.
-    unsafe {
-        let mut ru: libc::rusage = std::mem::zeroed();
-        libc::getrusage(libc::RUSAGE_SELF, &mut ru);
-        ru
-    }
-}
+pub use beansdb_observe::process::rusage;
 
 pub fn process() -> Process {
     let ru = rusage();

@@ -18,7 +18,7 @@ use parking_lot::{Mutex, RwLock};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::buffers::{BufferKind, Tracked};
+use crate::buffers::{track, BufferKind, Tracked};
 use crate::collision::{CollisionEntry, CollisionTable};
 use crate::compress::{maybe_compress, qlz_header_sizes};
 use crate::config::{FsyncPolicy, StoreConfig};
@@ -1016,7 +1016,7 @@ impl Bucket {
 
         let seq = inner.next_seq;
         inner.next_seq += 1;
-        let tracked = Tracked::new(BufferKind::FlushData, padded);
+        let tracked = track(BufferKind::FlushData, padded);
         inner.queue.push_back(Pending {
             chunk,
             offset,

@@ -9,7 +9,7 @@ use parking_lot::Mutex;
 use tracing::{info, warn};
 
 use crate::bucket::{Bucket, Durable, KeyMeta, WriteOutcome};
-use crate::buffers::{BufferKind, Tracked};
+use crate::buffers::{track, BufferKind, Tracked};
 use crate::config::StoreConfig;
 use crate::error::StoreError;
 use crate::gc::{GcError, GcPlan, GcQueryEntry, GcRequest, GcState};
@@ -131,7 +131,7 @@ impl Store {
         }
         let stored_len = f.record.value.len() as u32;
         let (flag, data) = f.record.into_client_view();
-        let t = Tracked::new(BufferKind::GetData, data.len());
+        let t = track(BufferKind::GetData, data.len());
         Ok(Some(Value {
             flag,
             data,
