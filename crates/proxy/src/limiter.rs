@@ -4,6 +4,7 @@
 //! written. Each slot remembers its last request for `/request/`.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime};
 
 use parking_lot::Mutex;
@@ -47,6 +48,8 @@ pub struct Limiter {
     slots: Mutex<(Vec<Slot>, Vec<usize>)>,
     waiting: AtomicUsize,
     max_wait_ns: AtomicU64,
+    /// The wait histogram's handle, registered on first use.
+    wait_hist: OnceLock<metrics::Histogram>,
 }
 
 /// A held slot; released (and its history closed) on drop.
@@ -68,6 +71,7 @@ impl Limiter {
             slots: Mutex::new((vec![Slot::default(); n], (0..n).rev().collect())),
             waiting: AtomicUsize::new(0),
             max_wait_ns: AtomicU64::new(0),
+            wait_hist: OnceLock::new(),
         }
     }
 
@@ -85,7 +89,9 @@ impl Limiter {
         let wait = t0.elapsed();
         self.max_wait_ns
             .fetch_max(wait.as_nanos() as u64, Ordering::Relaxed);
-        crate::metrics::limiter_wait(wait);
+        self.wait_hist
+            .get_or_init(crate::metrics::limiter_wait_histogram)
+            .record(wait.as_secs_f64());
         let permit = r.ok()?.ok()?;
         let now = SystemTime::now();
         let mut g = self.slots.lock();

@@ -1,8 +1,9 @@
 //! Prometheus metrics (proxy.md §7.3): the gobeansproxy names plus `beansproxy_*`.
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
-use metrics::{counter, gauge, histogram};
+use metrics::{counter, gauge, histogram, Counter, Histogram};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use crate::buffers::BUFFERS;
@@ -49,6 +50,114 @@ pub fn backend_duration(host: &str, op: crate::pool::Op, d: Duration) {
     .record(d.as_secs_f64());
 }
 
+/// `result` labels of `beansproxy_backend_requests_total` whose handles are cached.
+const RESULTS: [&str; 8] = [
+    "ok",
+    "miss",
+    "server_error",
+    "not_stored",
+    "proto_error",
+    "timeout",
+    "conn_error",
+    "skipped_down",
+];
+const OPS: usize = 6;
+
+fn op_index(op: crate::pool::Op) -> usize {
+    use crate::pool::Op;
+    match op {
+        Op::Get => 0,
+        Op::Getm => 1,
+        Op::Set => 2,
+        Op::Delete => 3,
+        Op::Incr => 4,
+        Op::Probe => 5,
+    }
+}
+
+/// One host's backend metric handles. Each series is registered on its first use, exactly
+/// like [`backend_result`] and [`backend_duration`] would, and its handle is kept so that
+/// later requests skip the label allocation and the registry lookup.
+pub struct HostMetrics {
+    host: String,
+    results: [[OnceLock<Counter>; RESULTS.len()]; OPS],
+    durations: [OnceLock<Histogram>; OPS],
+}
+
+impl HostMetrics {
+    pub fn new(host: &str) -> HostMetrics {
+        HostMetrics {
+            host: host.to_string(),
+            results: std::array::from_fn(|_| std::array::from_fn(|_| OnceLock::new())),
+            durations: std::array::from_fn(|_| OnceLock::new()),
+        }
+    }
+
+    pub fn result(&self, op: crate::pool::Op, result: &'static str) {
+        match RESULTS.iter().position(|r| *r == result) {
+            Some(ri) => self.results[op_index(op)][ri]
+                .get_or_init(|| {
+                    counter!(
+                        "beansproxy_backend_requests_total",
+                        "host" => self.host.clone(),
+                        "op" => op.as_str(),
+                        "result" => result
+                    )
+                })
+                .increment(1),
+            None => backend_result(&self.host, op, result),
+        }
+    }
+
+    pub fn duration(&self, op: crate::pool::Op, d: Duration) {
+        self.durations[op_index(op)]
+            .get_or_init(|| {
+                histogram!(
+                    "beansproxy_backend_duration_seconds",
+                    "host" => self.host.clone(),
+                    "op" => op.as_str()
+                )
+            })
+            .record(d.as_secs_f64());
+    }
+}
+
+/// Request-level metric handles of one proxy, each registered on its first use like
+/// [`request`] would (the error counter only once a request failed).
+#[derive(Default)]
+pub struct RequestMetrics {
+    ok: [OnceLock<(Counter, Histogram)>; 5],
+    errors: [OnceLock<Counter>; 5],
+}
+
+impl RequestMetrics {
+    pub fn request(&self, cmd: &'static str, elapsed: Duration, failed: bool) {
+        let i = match cmd {
+            "get" => 0,
+            "getm" => 1,
+            "set" => 2,
+            "del" => 3,
+            "incr" => 4,
+            _ => return request(cmd, elapsed, failed),
+        };
+        let (total, hist) = self.ok[i].get_or_init(|| {
+            (
+                counter!("gobeansproxy_total_reqs", "cmd" => cmd, "store" => "beansdb"),
+                histogram!("gobeansproxy_cmd_e2e_duration_seconds", "cmd" => cmd),
+            )
+        });
+        total.increment(1);
+        if failed {
+            self.errors[i]
+                .get_or_init(
+                    || counter!("gobeansproxy_error_reqs", "cmd" => cmd, "store" => "beansdb"),
+                )
+                .increment(1);
+        }
+        hist.record(elapsed.as_secs_f64());
+    }
+}
+
 pub fn host_up(host: &str, up: bool) {
     gauge!("beansproxy_host_up", "host" => host.to_string()).set(if up { 1.0 } else { 0.0 });
 }
@@ -85,6 +194,11 @@ pub fn client_connections(n: u64) {
 
 pub fn limiter_wait(d: Duration) {
     histogram!("beansproxy_limiter_wait_seconds").record(d.as_secs_f64());
+}
+
+/// The handle behind [`limiter_wait`], for callers that keep it.
+pub fn limiter_wait_histogram() -> Histogram {
+    histogram!("beansproxy_limiter_wait_seconds")
 }
 
 pub fn route_reload(ok: bool) {

@@ -143,21 +143,19 @@ impl Exec<'_> {
         self.state.is_down(h)
     }
 
-    fn read_order(&self, replicas: &[usize]) -> Vec<usize> {
+    /// A host's latency figure for the read order: `max(score, response_time_min)`.
+    fn eff(&self, h: usize) -> f64 {
         let floor = self.score_floor;
-        read_order(
-            replicas,
-            |h| self.down(h),
-            |h| {
-                self.state
-                    .host(h)
-                    .health
-                    .score()
-                    .unwrap_or(floor)
-                    .max(floor)
-            },
-            self.deviation,
-        )
+        self.state
+            .host(h)
+            .health
+            .score()
+            .unwrap_or(floor)
+            .max(floor)
+    }
+
+    fn read_order(&self, replicas: &[usize]) -> Vec<usize> {
+        read_order(replicas, |h| self.down(h), |h| self.eff(h), self.deviation)
     }
 
     /// Read order, after settling this connection's trailing write of the key. The flag is
@@ -165,6 +163,11 @@ impl Exec<'_> {
     /// (so the backups, which may hold the write, are asked).
     async fn settled_order(&mut self, key: &[u8], replicas: &[usize]) -> (Vec<usize>, bool) {
         let order = self.read_order(replicas);
+        self.settle_order(key, order).await
+    }
+
+    /// [`Self::settled_order`] for a read order computed by the caller.
+    async fn settle_order(&mut self, key: &[u8], order: Vec<usize>) -> (Vec<usize>, bool) {
         let before = order.len();
         let state = self.state.clone();
         match self.trailing.get_mut(key) {
@@ -268,6 +271,10 @@ impl Exec<'_> {
         let state = self.state.clone();
         let table = &state.table;
         let mut plan: Planner<Item> = Planner::new(self.r, table.backups().to_vec());
+        // Host latency figures, read once per request instead of once per key.
+        let floor = self.score_floor;
+        let score = |h: usize| state.host(h).health.score().unwrap_or(floor).max(floor);
+        let mut effs: Vec<Option<f64>> = vec![None; state.hosts.len()];
         for key in keys {
             if plan.contains(key) {
                 continue;
@@ -279,7 +286,17 @@ impl Exec<'_> {
                 KeyRoute::Local(_) => plan.add_local(key.clone(), None),
                 KeyRoute::Bucket(b) => {
                     let replicas = table.replicas(key, b);
-                    let (order, dropped) = self.settled_order(key, &replicas).await;
+                    for &h in &replicas {
+                        if let Some(e @ None) = effs.get_mut(h) {
+                            *e = Some(score(h));
+                        }
+                    }
+                    let eff = |h: usize| match effs.get(h).copied().flatten() {
+                        Some(e) => e,
+                        None => score(h),
+                    };
+                    let order = read_order(&replicas, |h| self.down(h), eff, self.deviation);
+                    let (order, dropped) = self.settle_order(key, order).await;
                     let failed = dropped || replicas.iter().any(|&h| self.down(h));
                     plan.add(key.clone(), order, failed);
                 }

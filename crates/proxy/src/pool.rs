@@ -251,6 +251,7 @@ impl Conn {
 pub struct Host {
     pub addr: String,
     pub health: Health,
+    metrics: metrics::HostMetrics,
     settings: Arc<BackendSettings>,
     idle: Mutex<Vec<Conn>>,
     slots: Arc<Semaphore>,
@@ -270,6 +271,7 @@ impl Host {
         let h = Arc::new(Host {
             addr: addr.to_string(),
             health: Health::new(settings.health.clone()),
+            metrics: metrics::HostMetrics::new(addr),
             slots: Arc::new(Semaphore::new(settings.max_conns.max(1))),
             settings,
             idle: Mutex::new(Vec::new()),
@@ -344,7 +346,7 @@ impl Host {
         let values = match resp {
             Response::Values(v) => v,
             Response::Error { msg, .. } => {
-                metrics::backend_result(&self.addr, op, "server_error");
+                self.metrics.result(op, "server_error");
                 return Err(BackendError::Reply(
                     String::from_utf8_lossy(&msg).into_owned(),
                 ));
@@ -366,7 +368,8 @@ impl Host {
         if bytes < self.settings.item_size_stats {
             self.health.sample(started.elapsed().as_micros() as f64);
         }
-        metrics::backend_result(&self.addr, op, if items.is_empty() { "miss" } else { "ok" });
+        self.metrics
+            .result(op, if items.is_empty() { "miss" } else { "ok" });
         Ok(items)
     }
 
@@ -405,7 +408,7 @@ impl Host {
             Response::Error { .. } => "server_error",
             _ => "not_stored",
         };
-        metrics::backend_result(&self.addr, Op::Set, label);
+        self.metrics.result(Op::Set, label);
         Ok(resp)
     }
 
@@ -431,7 +434,7 @@ impl Host {
             Response::NotFound => "miss",
             _ => "server_error",
         };
-        metrics::backend_result(&self.addr, Op::Delete, label);
+        self.metrics.result(Op::Delete, label);
         Ok(resp)
     }
 
@@ -460,7 +463,7 @@ impl Host {
             Response::NotFound => "miss",
             _ => "server_error",
         };
-        metrics::backend_result(&self.addr, Op::Incr, label);
+        self.metrics.result(Op::Incr, label);
         Ok(resp)
     }
 
@@ -468,7 +471,7 @@ impl Host {
         // The connection was already returned; the reply was well framed but wrong. Count it
         // as a host failure all the same.
         self.failed(false);
-        metrics::backend_result(&self.addr, op, "proto_error");
+        self.metrics.result(op, "proto_error");
         BackendError::Proto(what.to_string())
     }
 
@@ -486,9 +489,9 @@ impl Host {
         let r = self
             .call_inner(req, kind, timeout, deadline, retry_stale)
             .await;
-        metrics::backend_duration(&self.addr, op, started.elapsed());
+        self.metrics.duration(op, started.elapsed());
         if let Err(e) = &r {
-            metrics::backend_result(&self.addr, op, e.label());
+            self.metrics.result(op, e.label());
         }
         r
     }
@@ -670,12 +673,9 @@ impl Host {
                 }
                 let started = Instant::now();
                 let ok = self.probe_once().await;
-                metrics::backend_duration(&self.addr, Op::Probe, started.elapsed());
-                metrics::backend_result(
-                    &self.addr,
-                    Op::Probe,
-                    if ok { "ok" } else { "conn_error" },
-                );
+                self.metrics.duration(Op::Probe, started.elapsed());
+                self.metrics
+                    .result(Op::Probe, if ok { "ok" } else { "conn_error" });
                 if ok {
                     if self.health.on_probe_success() {
                         warn!("host {} up", self.addr);

@@ -196,14 +196,26 @@ pub fn read_order(
 ) -> Vec<usize> {
     let mut order: Vec<usize> = replicas.iter().copied().filter(|&h| !down(h)).collect();
     if order.len() > 1 {
+        // Each replica's figure is read once (it takes a lock and a clock read).
+        let mut stack = [0f64; 8];
+        let mut heap = Vec::new();
+        let effs: &mut [f64] = if order.len() <= stack.len() {
+            &mut stack[..order.len()]
+        } else {
+            heap.resize(order.len(), 0f64);
+            &mut heap
+        };
+        for (e, &h) in effs.iter_mut().zip(&order) {
+            *e = eff(h);
+        }
         let mut best = 0;
         for i in 1..order.len() {
             // Strictly smaller: ties keep natural order.
-            if eff(order[i]) < eff(order[best]) {
+            if effs[i] < effs[best] {
                 best = i;
             }
         }
-        if best != 0 && eff(order[0]) - eff(order[best]) > deviation {
+        if best != 0 && effs[0] - effs[best] > deviation {
             let h = order.remove(best);
             order.insert(0, h);
         }
