@@ -22,15 +22,10 @@ KEYS=${KEYS:-100000}
 VALUE=${VALUE:-100}
 MEMCACHED_THREADS=${MEMCACHED_THREADS:-2}
 
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+# shellcheck source=bench/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 BEANSDB=$TARGET_DIR/release/beansdb
 BEANSCTL=$TARGET_DIR/release/beansctl
-
-log() { printf '%s\n' "$*" >&2; }
-die() { log "error: $*"; exit 1; }
-
-command -v python3 >/dev/null || die "python3 is needed to read the JSON reports"
 
 if [[ -z "${SKIP_BUILD:-}" ]]; then
     log "building release binaries…"
@@ -71,18 +66,6 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # A port nobody listens on (checked by connecting; a racing process could still take it).
-free_port() {
-    local p
-    while :; do
-        # Below Linux's ephemeral range, so outgoing connections do not collide.
-        p=$((20000 + RANDOM % 12000))
-        if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-            echo "$p"
-            return
-        fi
-    done
-}
-
 # Waits until `get @` (beansdb) or `version` (memcached) answers on the port.
 probe() {
     local port=$1 probe=$2 line
@@ -160,28 +143,7 @@ log "$("$BEANSDB" -version 2>/dev/null | head -1) on 127.0.0.1:$NODE_PORT"
 log "load: $CONNS connections, $VALUE-byte values, $KEYS keys, $DURATION (+$WARMUP warmup) per run"
 log "machine: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
 
-# run NAME SERVER PORT ARGS… → writes $WORK/NAME.SERVER.json
-run() {
-    local name=$1 server=$2 port=$3
-    shift 3
-    log "running $name against $server: beansctl bench --target 127.0.0.1:$port --connections $CONNS --keys $KEYS --value-size $VALUE --duration $DURATION --warmup $WARMUP --seed 1 $*"
-    "$BEANSCTL" bench -q --json --target "127.0.0.1:$port" --connections "$CONNS" \
-        --keys "$KEYS" --value-size "$VALUE" --duration "$DURATION" --warmup "$WARMUP" \
-        --seed 1 "$@" >"$WORK/$name.$server.json"
-}
-
-# Servers alternate per workload, so drifting background load hits both alike.
-# The first workload preloads every key; later ones reuse the same key space.
-run mix memcached "$MC_PORT" --rate 0 --mix get:90,set:10
-run mix beansdb "$NODE_PORT" --rate 0 --mix get:90,set:10
-run getm20 memcached "$MC_PORT" --rate 0 --mix getm:1 --getm-keys 20 --no-preload
-run getm20 beansdb "$NODE_PORT" --rate 0 --mix getm:1 --getm-keys 20 --no-preload
-if [[ -z "${OPEN_RATE:-}" ]]; then
-    OPEN_RATE=$(python3 -c 'import json,sys; print(max(1000, int(json.load(open(sys.argv[1]))["throughput_rps"] / 3)))' \
-        "$WORK/mix.memcached.json")
-fi
-run "mix@$OPEN_RATE" memcached "$MC_PORT" --rate "$OPEN_RATE" --mix get:90,set:10 --no-preload
-run "mix@$OPEN_RATE" beansdb "$NODE_PORT" --rate "$OPEN_RATE" --mix get:90,set:10 --no-preload
+run_workloads memcached "$MC_PORT" beansdb "$NODE_PORT" 3
 
 python3 - "$WORK" "$OPEN_RATE" <<'PY'
 import json, os, sys

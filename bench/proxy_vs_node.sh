@@ -26,16 +26,11 @@ CONNS=${CONNS:-32}
 KEYS=${KEYS:-100000}
 VALUE=${VALUE:-100}
 
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+# shellcheck source=bench/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 BIN=$TARGET_DIR/release
 BEANSDB=$BIN/beansdb
 BEANSCTL=$BIN/beansctl
-
-log() { printf '%s\n' "$*" >&2; }
-die() { log "error: $*"; exit 1; }
-
-command -v python3 >/dev/null || die "python3 is needed to read the JSON reports"
 
 if [[ -z "${SKIP_BUILD:-}" ]]; then
     log "building release binaries…"
@@ -63,21 +58,6 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # True when nothing listens on the port (checked by connecting).
-port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
-# A port nobody listens on, below Linux's ephemeral range so outgoing connections do not
-# collide (a racing process could still take it).
-free_port() {
-    local p
-    while :; do
-        p=$((20000 + RANDOM % 12000))
-        if port_free "$p"; then
-            echo "$p"
-            return
-        fi
-    done
-}
-
 # ----- the cluster behind the proxy
 
 # dev-cluster prints one JSON line once every process answers; it checks the ports itself and
@@ -158,29 +138,8 @@ log "$("$BEANSDB" -version 2>/dev/null | head -1) direct on 127.0.0.1:$NODE_PORT
 log "load: $CONNS connections, $VALUE-byte values, $KEYS keys, $DURATION (+$WARMUP warmup) per run"
 log "machine: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
 
-# run NAME TARGET PORT ARGS… → writes $WORK/NAME.TARGET.json
-run() {
-    local name=$1 target=$2 port=$3
-    shift 3
-    log "running $name against $target: beansctl bench --target 127.0.0.1:$port --connections $CONNS --keys $KEYS --value-size $VALUE --duration $DURATION --warmup $WARMUP --seed 1 $*"
-    "$BEANSCTL" bench -q --json --target "127.0.0.1:$port" --connections "$CONNS" \
-        --keys "$KEYS" --value-size "$VALUE" --duration "$DURATION" --warmup "$WARMUP" \
-        --seed 1 "$@" >"$WORK/$name.$target.json"
-}
-
-# Targets alternate per workload, so drifting background load hits both alike. The first
-# workload preloads every key through each target (the proxy writes 3 replicas); later ones
-# reuse the same key space.
-run mix proxy "$PROXY_PORT" --rate 0 --mix get:90,set:10
-run mix direct "$NODE_PORT" --rate 0 --mix get:90,set:10
-run getm20 proxy "$PROXY_PORT" --rate 0 --mix getm:1 --getm-keys 20 --no-preload
-run getm20 direct "$NODE_PORT" --rate 0 --mix getm:1 --getm-keys 20 --no-preload
-if [[ -z "${OPEN_RATE:-}" ]]; then
-    OPEN_RATE=$(python3 -c 'import json,sys; print(max(1000, int(json.load(open(sys.argv[1]))["throughput_rps"] / 2)))' \
-        "$WORK/mix.proxy.json")
-fi
-run "mix@$OPEN_RATE" proxy "$PROXY_PORT" --rate "$OPEN_RATE" --mix get:90,set:10 --no-preload
-run "mix@$OPEN_RATE" direct "$NODE_PORT" --rate "$OPEN_RATE" --mix get:90,set:10 --no-preload
+# The proxy preloads through itself (it writes 3 replicas).
+run_workloads proxy "$PROXY_PORT" direct "$NODE_PORT" 2
 
 python3 - "$WORK" "$OPEN_RATE" <<'PY'
 import json, os, sys
