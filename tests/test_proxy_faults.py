@@ -172,3 +172,60 @@ def test_sigusr1_reopens_and_sigterm_drains(faulty, tmp_path):
     assert px.proc.wait(15) == 0
     with faulty.mains[0].raw() as n:
         assert n.get(b"sig:big") == (0, value)
+
+
+def test_admin_handler_panic_answers_500(faulty, tmp_path):
+    """A panic inside an admin handler is a 500 for that request only (proxy.md §2.6 step 4)."""
+    px = proxyproc.Proxy(proxyproc.find_proxy_binary(), str(tmp_path / "px"), faulty.route(),
+                         env={"BEANSPROXY_TEST_HOOKS": "http_panic"})
+    px.start()
+    try:
+        status, body = px.http("/debug/test-panic")
+        assert status == 500, body
+        status, _ = px.http("/config/")
+        assert status == 200
+        with px.raw() as c:
+            assert c.set(b"panic:after", b"1") == b"STORED"
+        with open(px.errorlog) as f:
+            assert "admin handler /debug/test-panic panicked" in f.read()
+    finally:
+        assert px.stop() == 0
+
+
+def _stalled_upload(px):
+    """A connection that sent half of a set body and then goes quiet: the drain must wait."""
+    c = px.raw(timeout=20)
+    c.send(b"set stall:k 0 0 100\r\n" + b"x" * 50)
+    time.sleep(0.2)
+    return c
+
+
+def test_drain_overrun_exits_1(faulty, tmp_path):
+    """A drain longer than mc.timeout_ms + 2 s ends the process with exit code 1 (§7.6)."""
+    px = proxyproc.Proxy(proxyproc.find_proxy_binary(), str(tmp_path / "px"), faulty.route(),
+                         overrides={"mc": {"timeout_ms": 500}})
+    px.start()
+    c = _stalled_upload(px)
+    t0 = time.time()
+    px.proc.send_signal(signal.SIGTERM)
+    assert px.proc.wait(15) == 1
+    took = time.time() - t0
+    assert 2.3 <= took < 8, took
+    c.close()
+    with open(px.errorlog) as f:
+        assert "drain took longer than 2500 ms" in f.read()
+
+
+def test_second_signal_exits_at_once(faulty, tmp_path):
+    px = proxyproc.Proxy(proxyproc.find_proxy_binary(), str(tmp_path / "px"), faulty.route(),
+                         overrides={"mc": {"timeout_ms": 10000}})
+    px.start()
+    c = _stalled_upload(px)
+    px.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.5)
+    assert px.proc.poll() is None, "still draining the stalled upload"
+    t0 = time.time()
+    px.proc.send_signal(signal.SIGTERM)
+    assert px.proc.wait(5) == 1
+    assert time.time() - t0 < 2
+    c.close()

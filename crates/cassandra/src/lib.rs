@@ -7,14 +7,20 @@
 
 pub mod cfgtable;
 pub mod config;
+pub mod dispatch;
 pub mod error;
 pub mod retry;
 pub mod schema;
 pub mod session;
 pub mod store;
+#[cfg(feature = "test-util")]
+pub mod testing;
 
 pub use cfgtable::ConfigTable;
 pub use config::{CassandraConfig, Credentials, Secret};
+pub use dispatch::{
+    lookup_key, Dispatcher, Dispatchers, MapError, PrefixMap, PrefixMapError, Status,
+};
 pub use error::{CassandraError, ErrorKind, Op};
 pub use schema::{Replication, SchemaSpec};
 pub use session::{cluster_name, connect, release_version};

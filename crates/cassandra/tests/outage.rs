@@ -4,14 +4,12 @@
 //! A binary of its own: freezing the node would break tests running in parallel with it,
 //! and cargo runs test binaries one after another.
 
-mod common;
-
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use beansdb_cassandra::testing::{self, config_for, need_cluster, prefix};
 use beansdb_cassandra::{connect, CassandraStore, ErrorKind, StoreOptions};
-use common::{config_for, need_cluster, prefix};
 
 fn signal(pid: &str, sig: &str) {
     let st = Command::new("kill")
@@ -73,7 +71,7 @@ async fn frozen_node_times_out_then_recovers() {
 
     // Connect and write with the harness's long timeouts: a node that has just started (cold
     // JIT, CPU shared with builds) may take longer than the short timeouts used below.
-    let cfg = config_for(&c.native, common::SUPERUSER, common::SUPERUSER);
+    let cfg = config_for(&c.native, testing::SUPERUSER, testing::SUPERUSER);
     let session = Arc::new(connect(&cfg).await.expect("connect"));
     let warm = CassandraStore::new(session.clone(), &StoreOptions::from_config(&cfg))
         .await

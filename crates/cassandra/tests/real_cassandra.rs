@@ -1,17 +1,15 @@
-//! Against a real Apache Cassandra 5.0 (see tests/common/mod.rs for how it is found or
+//! Against a real Apache Cassandra 5.0 (see src/testing.rs for how it is found or
 //! started). One binary, so the node starts once for all of these tests.
-
-mod common;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use beansdb_cassandra::scylla::client::session::Session;
+use beansdb_cassandra::testing::{self, admin_session, config_for, need_cluster, prefix, store};
 use beansdb_cassandra::{
     cluster_name, connect, release_version, schema, BdbValue, CassandraError, CassandraStore,
     ConfigTable, ErrorKind, Replication, SchemaSpec, StoreOptions,
 };
-use common::{admin_session, config_for, need_cluster, prefix, store};
 
 fn key(prefix: &str, k: &str) -> Vec<u8> {
     format!("{prefix}{k}").into_bytes()
@@ -133,7 +131,7 @@ async fn schema_creation_is_spec_shaped_and_idempotent() {
     frozen.frozen_value = true;
     frozen.create(&s).await.expect("create frozen");
     for keyspace in [ks, "beans_schema_frozen_it"] {
-        let mut cfg = config_for(&c.native, common::SUPERUSER, common::SUPERUSER);
+        let mut cfg = config_for(&c.native, testing::SUPERUSER, testing::SUPERUSER);
         cfg.default_key_space = keyspace.into();
         let st = CassandraStore::new(s.clone(), &StoreOptions::from_config(&cfg))
             .await
@@ -258,7 +256,7 @@ async fn get_multi_keeps_order_and_limit() {
     let Some(c) = need_cluster("get_multi") else {
         return;
     };
-    let mut cfg = config_for(&c.native, common::SUPERUSER, common::SUPERUSER);
+    let mut cfg = config_for(&c.native, testing::SUPERUSER, testing::SUPERUSER);
     cfg.max_conn_for_getm = 3;
     let session = Arc::new(connect(&cfg).await.expect("connect"));
     let st = CassandraStore::new(session, &StoreOptions::from_config(&cfg))
@@ -354,7 +352,7 @@ async fn password_authentication() {
         return;
     };
     // The role of init_test.cql logs in, with the password inline or from a file.
-    let cfg = config_for(&c.native, common::TEST_USER, "doubandb_test");
+    let cfg = config_for(&c.native, testing::TEST_USER, "doubandb_test");
     let s = Arc::new(connect(&cfg).await.expect("login as doubandb_test"));
     let st = CassandraStore::new(s, &StoreOptions::from_config(&cfg))
         .await
@@ -367,13 +365,13 @@ async fn password_authentication() {
     let dir = tempfile::tempdir().expect("tempdir");
     let pass = dir.path().join("cstar.pass");
     std::fs::write(&pass, "doubandb_test\n").expect("write password file");
-    let mut file_cfg = config_for(&c.native, common::TEST_USER, "");
+    let mut file_cfg = config_for(&c.native, testing::TEST_USER, "");
     file_cfg.password_file = pass.display().to_string();
     connect(&file_cfg).await.expect("login with password_file");
 
     // A wrong password: a clear error that never contains the password.
     let secret = "Wr0ng-pa55word-7d1e";
-    let bad = config_for(&c.native, common::TEST_USER, secret);
+    let bad = config_for(&c.native, testing::TEST_USER, secret);
     let t0 = Instant::now();
     let e = connect(&bad).await.expect_err("wrong password must fail");
     let display = e.to_string();
@@ -405,7 +403,7 @@ async fn unreachable_node_fails_with_hosts_in_message() {
     let Some(_c) = need_cluster("unreachable_node") else {
         return;
     };
-    let mut cfg = config_for("127.0.0.1:1", common::SUPERUSER, common::SUPERUSER);
+    let mut cfg = config_for("127.0.0.1:1", testing::SUPERUSER, testing::SUPERUSER);
     cfg.connect_timeout_ms = 1000;
     let t0 = Instant::now();
     let e = connect(&cfg).await.expect_err("nothing listens on port 1");
@@ -423,7 +421,7 @@ async fn prepare_of_missing_table_names_it() {
         return;
     };
     let s = admin_session(c).await;
-    let cfg = config_for(&c.native, common::SUPERUSER, common::SUPERUSER);
+    let cfg = config_for(&c.native, testing::SUPERUSER, testing::SUPERUSER);
     let e = CassandraStore::new(s, &StoreOptions::for_table(&cfg, "no_such_table"))
         .await
         .expect_err("table does not exist");

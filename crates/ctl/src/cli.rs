@@ -112,6 +112,12 @@ pub enum Command {
     GcSchedule(crate::gc::GcScheduleArgs),
     /// Local production-shaped cluster (nodes, backup, proxy) on embedded defaults
     DevCluster(crate::dev_cluster::DevClusterArgs),
+    /// Copy the records under key prefixes from the nodes into Cassandra
+    Backfill(crate::backfill::BackfillArgs),
+    /// Compare the records under key prefixes between the nodes and Cassandra
+    Verify(crate::verify::VerifyArgs),
+    /// Make Cassandra equal to beansdb for every key of dual-write error logs
+    ReplayErrors(crate::replay_errors::ReplayErrorsArgs),
 }
 
 /// Parses the command line, runs the subcommand, and returns the process exit code.
@@ -139,6 +145,9 @@ pub fn main() -> u8 {
         Command::Gc(args) => crate::gc::run(args, &cli.global),
         Command::GcSchedule(args) => crate::gc::run_schedule(args, &cli.global),
         Command::DevCluster(args) => crate::dev_cluster::run(args, &cli.global),
+        Command::Backfill(args) => crate::backfill::run(args, &cli.global),
+        Command::Verify(args) => crate::verify::run(args, &cli.global),
+        Command::ReplayErrors(args) => crate::replay_errors::run(args, &cli.global),
     };
     match result {
         Ok(code) => code,

@@ -67,9 +67,15 @@ pub struct DevClusterArgs {
     /// The nodes' hstore.data.fsync
     #[arg(long, value_enum, default_value_t = Fsync::Interval)]
     pub fsync: Fsync,
-    /// Cassandra for the proxy's dual-write mode (not available yet)
+    /// Cassandra for the proxy: creates the dev keyspace and enables the prefix switcher
     #[arg(long, value_name = "HOST:PORT")]
     pub with_cassandra: Option<String>,
+    /// Cassandra login for --with-cassandra (password authentication)
+    #[arg(long, value_name = "NAME", requires = "cassandra_password_file")]
+    pub cassandra_username: Option<String>,
+    /// File holding the password of --cassandra-username
+    #[arg(long, value_name = "FILE", requires = "cassandra_username")]
+    pub cassandra_password_file: Option<PathBuf>,
     /// Longest wait for each process to become ready
     #[arg(long, default_value = "60s", value_parser = parse_duration, value_name = "DUR")]
     pub start_timeout: Duration,
@@ -105,11 +111,7 @@ pub fn run(args: DevClusterArgs, g: &GlobalOpts) -> CliResult<u8> {
         &args.host,
     )
     .map_err(CliError::usage)?;
-    if args.with_cassandra.is_some() {
-        return Err(CliError::usage(
-            "--with-cassandra is not available: this beansproxy has no Cassandra backend yet",
-        ));
-    }
+    let cstar = dev_cassandra(&args)?;
     let dir = std::path::absolute(&args.dir)
         .with_context(|| format!("cannot resolve --dir {}", args.dir.display()))
         .map_err(CliError::usage)?;
@@ -148,6 +150,9 @@ pub fn run(args: DevClusterArgs, g: &GlobalOpts) -> CliResult<u8> {
         .context("cannot start the async runtime")
         .map_err(CliError::runtime)?;
     rt.block_on(async {
+        if let Some(c) = &cstar {
+            create_dev_schema(c, args.start_timeout).await?;
+        }
         let mut sv = Supervisor {
             layout,
             dir,
@@ -160,10 +165,71 @@ pub fn run(args: DevClusterArgs, g: &GlobalOpts) -> CliResult<u8> {
     })
 }
 
+fn dev_cassandra(args: &DevClusterArgs) -> CliResult<Option<config::DevCassandra>> {
+    let Some(host) = &args.with_cassandra else {
+        return Ok(None);
+    };
+    let password_file = match &args.cassandra_password_file {
+        Some(f) => std::path::absolute(f)
+            .with_context(|| format!("cannot resolve --cassandra-password-file {}", f.display()))
+            .map_err(CliError::usage)?
+            .display()
+            .to_string(),
+        None => String::new(),
+    };
+    Ok(Some(config::DevCassandra {
+        host: host.clone(),
+        username: args.cassandra_username.clone().unwrap_or_default(),
+        password_file,
+    }))
+}
+
+/// Step 4: the dev keyspace, UDT, data table and config tables (SimpleStrategy RF 1).
+async fn create_dev_schema(c: &config::DevCassandra, connect_timeout: Duration) -> CliResult<()> {
+    use beansdb_cassandra::{CassandraConfig, Replication, SchemaSpec, Secret};
+    let mut cfg = CassandraConfig {
+        enable: true,
+        hosts: vec![c.host.clone()],
+        default_key_space: config::DEV_KEYSPACE.into(),
+        default_table: config::DEV_TABLE.into(),
+        default_storage: "br1w1cr0w0".into(),
+        username: c.username.clone(),
+        password_file: c.password_file.clone(),
+        connect_timeout_ms: connect_timeout.as_millis().max(1) as u64,
+        timeout_ms: 10_000,
+        num_conns: 1,
+        ..CassandraConfig::default()
+    };
+    if c.username.is_empty() {
+        cfg.password = Secret::default();
+    }
+    cfg.contact_points()
+        .map_err(|e| CliError::usage(format!("--with-cassandra: {e}")))?;
+    let session = beansdb_cassandra::connect(&cfg)
+        .await
+        .map_err(|e| CliError::runtime(anyhow::anyhow!("--with-cassandra: {e}")))?;
+    SchemaSpec::new(config::DEV_KEYSPACE, &[config::DEV_TABLE])
+        .with_replication(Replication::Simple(1))
+        .create(&session)
+        .await
+        .map_err(|e| {
+            CliError::runtime(anyhow::anyhow!(
+                "--with-cassandra: creating the schema: {e}"
+            ))
+        })
+}
+
 fn write_configs(dir: &Path, layout: &Layout, args: &DevClusterArgs) -> CliResult<Vec<PathBuf>> {
-    config::write_all(dir, layout, args.fsync.name(), args.keep_config)
-        .with_context(|| format!("cannot write the configs under {}", dir.display()))
-        .map_err(CliError::runtime)
+    let cstar = dev_cassandra(args)?;
+    config::write_all(
+        dir,
+        layout,
+        args.fsync.name(),
+        args.keep_config,
+        cstar.as_ref(),
+    )
+    .with_context(|| format!("cannot write the configs under {}", dir.display()))
+    .map_err(CliError::runtime)
 }
 
 /// Step 1: every port must be bindable now; nothing is started otherwise.

@@ -35,6 +35,8 @@ pub struct Progress {
     name: &'static str,
     start: Instant,
     mode: Mode,
+    /// Plain lines are the message alone (it carries its own name and elapsed time).
+    raw_plain: bool,
 }
 
 impl Progress {
@@ -60,7 +62,21 @@ impl Progress {
                 every: plain_interval(),
             }
         };
-        Progress { name, start, mode }
+        Progress {
+            name,
+            start,
+            mode,
+            raw_plain: false,
+        }
+    }
+
+    /// Like [`Progress::new`], but plain lines are printed as the message alone, for tools
+    /// whose spec fixes the whole line (`backfill: bucket 3/16 … elapsed=00:02:10`).
+    pub fn new_raw(name: &'static str, g: &GlobalOpts) -> Progress {
+        Progress {
+            raw_plain: true,
+            ..Progress::new(name, g)
+        }
     }
 
     /// Reports `pos` of `len` with a one-line status. Cheap to call often.
@@ -76,7 +92,11 @@ impl Progress {
                 let mut last = last.lock();
                 if now.duration_since(*last) >= *every {
                     *last = now;
-                    eprintln!("[{} {}] {msg}", self.name, hms(now - self.start));
+                    if self.raw_plain {
+                        eprintln!("{msg}");
+                    } else {
+                        eprintln!("[{} {}] {msg}", self.name, hms(now - self.start));
+                    }
                 }
             }
             Mode::Silent => {}

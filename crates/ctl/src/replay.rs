@@ -10,7 +10,7 @@
 //! Exit codes: 0 = done (server errors are results); 1 = `--strict` and an unparsable line;
 //! 2 = usage or loopback refusal; 3 = target unreachable at start; 130 = interrupted.
 
-mod log;
+pub(crate) mod log;
 mod stats;
 mod watch;
 

@@ -7,13 +7,13 @@
 //! choose the winner, write with an explicit version and verify), then the backup pass.
 //! One report at the end (text or `--json`).
 
-mod decide;
+pub(crate) mod decide;
 mod engine;
 mod lock;
-mod node;
+pub(crate) mod node;
 mod report;
-mod routesrc;
-mod wire;
+pub(crate) mod routesrc;
+pub(crate) mod wire;
 
 use std::collections::HashMap;
 use std::fs::OpenOptions;
@@ -95,7 +95,7 @@ pub fn run(args: SyncArgs, g: &GlobalOpts) -> CliResult<u8> {
     rt.block_on(run_async(args, g))
 }
 
-fn parse_buckets(list: &[String], numbucket: usize) -> CliResult<Vec<usize>> {
+pub(crate) fn parse_buckets(list: &[String], numbucket: usize) -> CliResult<Vec<usize>> {
     if list.is_empty() {
         return Ok((0..numbucket).collect());
     }

@@ -102,12 +102,17 @@ struct Running {
 impl Running {
     /// Starts `dev-cluster --json` and waits for its one-line ready document.
     fn start(dir: &Path, base: u16, logs: &Path) -> Running {
+        Running::start_with(dir, base, logs, &[])
+    }
+
+    fn start_with(dir: &Path, base: u16, logs: &Path, extra: &[&str]) -> Running {
         let stderr = logs.join(format!("dev-cluster-{base}-{}.stderr", now_ms()));
         let mut child = Command::new(beansctl())
             .args(["dev-cluster", "--json", "--fsync", "never", "--base-port"])
             .arg(base.to_string())
             .arg("--dir")
             .arg(dir)
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(fs::File::create(&stderr).unwrap())
@@ -196,6 +201,31 @@ impl Drop for Running {
             let _ = self.child.wait();
         }
     }
+}
+
+/// One HTTP/1.0 request on the loopback; returns (status, body).
+fn http(port: u16, method: &str, path: &str, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect web port");
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.0\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
+    (status, body)
 }
 
 fn now_ms() -> u128 {
@@ -507,4 +537,72 @@ fn print_config_writes_the_route_of_the_table() {
     assert!(route.contains("backup:\n- 127.0.0.1:7960\n"), "{route}");
     // Nothing was started: no process logs.
     assert!(!dir.join("proxy/logs/stdout.log").exists());
+}
+
+/// Test 35 (tools.md §10): with `--with-cassandra` the dev keyspace exists and the proxy runs
+/// with the prefix switcher on its config table; a prefix switched to crw over `/cstar-cfg`
+/// writes to Cassandra.
+#[test]
+fn with_cassandra_enables_the_prefix_switcher() {
+    use beansdb_cassandra::testing::{need_cluster, prefix, store, SUPERUSER};
+    require_binaries();
+    let Some(cluster) = need_cluster("dev_cluster_with_cassandra") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let pw = tmp.path().join("cstar.pass");
+    fs::write(&pw, format!("{SUPERUSER}\n")).unwrap();
+    let dir = tmp.path().join("dev");
+    let base = free_base();
+    let dc = Running::start_with(
+        &dir,
+        base,
+        tmp.path(),
+        &[
+            "--with-cassandra",
+            &cluster.native,
+            "--cassandra-username",
+            SUPERUSER,
+            "--cassandra-password-file",
+            pw.to_str().unwrap(),
+        ],
+    );
+    let web = base + 8;
+    let yaml = read(&dir.join("proxy/conf/proxy.yaml"));
+    assert!(
+        yaml.contains("enable: true") && yaml.contains("br1w1cr0w0"),
+        "{yaml}"
+    );
+    assert!(dir.join("proxy/dual-write-errors").is_dir());
+    let (code, body) = http(web, "GET", "/cstar-cfg?config=rwswitcher", "");
+    assert_eq!(code, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["default"], "br1w1cr0w0");
+    assert_eq!(v["message"], "success");
+
+    let p = prefix("devcluster");
+    let put = format!("{{\"prefix\": {{\"br0w0cr1w1\": [\"{p}\"]}}}}");
+    let (code, body) = http(web, "PUT", "/cstar-cfg?config=rwswitcher", &put);
+    assert_eq!(code, 200, "{body}");
+    let key = format!("{p}k");
+    rt().block_on(async {
+        let mut c = Client::connect(&dc.proxy()).await.unwrap();
+        assert_eq!(
+            c.set(&key, 3, 0, "in cassandra", false).await.unwrap(),
+            StoreReply::Stored
+        );
+        let row = store(cluster, "kvstore")
+            .await
+            .get(key.as_bytes())
+            .await
+            .unwrap()
+            .expect("the row is in doubandb.kvstore");
+        assert_eq!((row.flag, row.body.as_slice()), (3, &b"in cassandra"[..]));
+    });
+    // The config row is shared by every test on this Cassandra: remove it again.
+    let del = format!("{{\"prefix\": \"{p}\"}}");
+    let (code, body) = http(web, "DELETE", "/cstar-cfg?config=rwswitcher", &del);
+    assert_eq!(code, 200, "{body}");
+    let (st, _, stderr) = dc.stop(libc::SIGTERM, Duration::from_secs(40));
+    assert!(st.success(), "{stderr}");
 }

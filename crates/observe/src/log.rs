@@ -130,7 +130,8 @@ impl LogSink {
     /// Installs the global subscriber, filtered by the style's environment variable.
     pub fn install(&self) {
         let filter = tracing_subscriber::EnvFilter::try_from_env(self.style.filter_env)
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+            // The Cassandra driver logs every connection at INFO; only its warnings matter.
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,scylla=warn"));
         let _ = tracing_subscriber::registry()
             .with(filter)
             .with(self.clone())

@@ -50,15 +50,27 @@ pub const SERVER_ERROR_INCR_FAILED: &[u8] = b"SERVER_ERROR incr failed\r\n";
 /// `VALUE <key> <flag> <len>[ 0]\r\n`: the header alone, for callers that write the data
 /// with a vectored write instead of copying it.
 pub fn value_header<B: BufMut>(out: &mut B, key: &[u8], flag: u32, len: usize, gets: bool) {
+    // beansdb has no cas; `gets` always reports 0 (node.md §3.3).
+    value_header_cas(out, key, flag, len, gets.then_some(0));
+}
+
+/// `VALUE <key> <flag> <bytes>[ <cas>]\r\n`: the cas column only when `cas` is given.
+pub fn value_header_cas<B: BufMut>(
+    out: &mut B,
+    key: &[u8],
+    flag: u32,
+    len: usize,
+    cas: Option<u64>,
+) {
     out.put_slice(b"VALUE ");
     out.put_slice(key);
     out.put_u8(b' ');
     put_u64(out, u64::from(flag));
     out.put_u8(b' ');
     put_u64(out, len as u64);
-    if gets {
-        // beansdb has no cas; `gets` always reports 0 (node.md §3.3).
-        out.put_slice(b" 0");
+    if let Some(cas) = cas {
+        out.put_u8(b' ');
+        put_u64(out, cas);
     }
     out.put_slice(b"\r\n");
 }

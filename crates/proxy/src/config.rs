@@ -7,8 +7,13 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use beansdb_cassandra::config::{valid_name, DispatcherCfg, DualWriteErrCfg, ShadowReadCfg};
+use beansdb_cassandra::dispatch::{self as dispatch_rules, Dispatcher};
+use beansdb_cassandra::{CassandraConfig, Secret};
 use beansdb_route::{Route, RouteError};
 use serde::Serialize;
+
+use crate::switch::Status;
 use serde_norway::Value;
 
 /// Configuration errors. Each one is printed as is and the process exits 2.
@@ -392,12 +397,7 @@ impl Config {
             ));
         }
         if self.cassandra.enable {
-            // The seam exists (switch.rs); the backend comes later. Refuse rather than
-            // silently serving a prefix from the wrong store.
-            return Err(invalid(
-                "cassandra.enable: the Cassandra backend is not available in this version; \
-                 set cassandra.enable: false",
-            ));
+            self.cassandra.validate(self.dstore.enable, warnings)?;
         }
         let d = &self.dstore;
         if d.n < 1 {
@@ -862,7 +862,161 @@ impl ShadowReadSection {
     }
 }
 
+/// A §3.2 message of the Cassandra crate (which already starts with `config: `).
+fn cstar_invalid(e: beansdb_cassandra::CassandraError) -> ConfigError {
+    let msg = e.to_string();
+    invalid(msg.strip_prefix("config: ").unwrap_or(&msg).to_string())
+}
+
+fn non_negative<T: TryFrom<i64>>(key: &str, v: i64) -> Result<T, ConfigError> {
+    T::try_from(v).map_err(|_| invalid(format!("cassandra.{key} must be ≥ 0, got {v}")))
+}
+
+impl DispatcherSection {
+    fn driver(&self, key: &str) -> Result<DispatcherCfg, ConfigError> {
+        Ok(DispatcherCfg {
+            enable: self.enable,
+            static_: self.static_.iter().cloned().collect(),
+            cfg_table: self.cfg_table.clone(),
+            cfg_keyspace: self.cfg_keyspace.clone(),
+            refresh_interval_sec: non_negative(
+                &format!("{key}.refresh_interval_sec"),
+                self.refresh_interval_sec,
+            )?,
+        })
+    }
+
+    /// The config table as `(keyspace, table)` when both are set.
+    pub fn cfg_table(&self) -> Option<(&str, &str)> {
+        (!self.cfg_table.is_empty() && !self.cfg_keyspace.is_empty())
+            .then_some((self.cfg_keyspace.as_str(), self.cfg_table.as_str()))
+    }
+
+    /// The static map, or nothing when the dispatcher is off (§4.3).
+    pub fn effective_static(&self) -> impl Iterator<Item = (&String, &Vec<String>)> {
+        self.static_
+            .iter()
+            .filter(|_| self.enable)
+            .map(|(v, ps)| (v, ps))
+    }
+
+    /// The static map whatever `enable` says.
+    pub fn static_pairs(&self) -> impl Iterator<Item = (&String, &Vec<String>)> {
+        self.static_.iter().map(|(v, ps)| (v, ps))
+    }
+}
+
 impl CassandraSection {
+    /// The section as the Cassandra crate takes it (numbers checked for sign).
+    pub fn driver_config(&self) -> Result<CassandraConfig, ConfigError> {
+        let d = &self.dual_write_err_cfg;
+        let s = &self.shadow_read;
+        Ok(CassandraConfig {
+            enable: self.enable,
+            hosts: self.hosts.clone(),
+            default_key_space: self.default_key_space.clone(),
+            default_table: self.default_table.clone(),
+            timeout_ms: non_negative("timeout_ms", self.timeout_ms)?,
+            write_timeout_ms: non_negative("write_timeout_ms", self.write_timeout_ms)?,
+            connect_timeout_ms: non_negative("connect_timeout_ms", self.connect_timeout_ms)?,
+            retry_num: non_negative("retry_num", self.retry_num)?,
+            reconnect_interval_sec: non_negative(
+                "reconnect_interval_sec",
+                self.reconnect_interval_sec,
+            )?,
+            num_conns: non_negative("num_conns", self.num_conns)?,
+            max_conn_for_getm: non_negative("max_conn_for_getm", self.max_conn_for_getm)?,
+            username: self.username.clone(),
+            password: Secret::new(self.password.clone()),
+            password_file: self.password_file.clone(),
+            consistency: self.consistency.clone(),
+            default_storage: self.default_storage.clone(),
+            prefix_rw_dispatcher_cfg: self
+                .prefix_rw_dispatcher_cfg
+                .driver("prefix_rw_dispatcher_cfg")?,
+            prefix_table_dispatcher_cfg: self
+                .prefix_table_dispatcher_cfg
+                .driver("prefix_table_dispatcher_cfg")?,
+            dual_write_err_cfg: DualWriteErrCfg {
+                dump_to_dir: d.dump_to_dir.clone(),
+                log_file_name: d.log_file_name.clone(),
+                logger_level: d.logger_level.clone(),
+                rotate_size_mb: non_negative(
+                    "dual_write_err_cfg.rotate_size_mb",
+                    d.rotate_size_mb,
+                )?,
+                compress: d.compress,
+                max_ages: non_negative("dual_write_err_cfg.max_ages", d.max_ages)?,
+                max_backups: non_negative("dual_write_err_cfg.max_backups", d.max_backups)?,
+            },
+            shadow_read: ShadowReadCfg {
+                enable: s.enable,
+                ratio: s.ratio,
+                prefixes: s.prefixes.clone(),
+                max_inflight: non_negative("shadow_read.max_inflight", s.max_inflight)?,
+                recheck_delay_ms: non_negative("shadow_read.recheck_delay_ms", s.recheck_delay_ms)?,
+                mismatch_log: s.mismatch_log.clone(),
+            },
+        })
+    }
+
+    /// The §3.2 checks that need no Cassandra: the crate's own, the static dispatcher maps,
+    /// the error-log directory and the statuses that need beansdb when dstore is off.
+    fn validate(&self, dstore: bool, warnings: &mut Vec<String>) -> Result<(), ConfigError> {
+        let c = self.driver_config()?;
+        warnings.extend(c.validate().map_err(cstar_invalid)?);
+        for (which, d) in [
+            (Dispatcher::Rw, &self.prefix_rw_dispatcher_cfg),
+            (Dispatcher::Table, &self.prefix_table_dispatcher_cfg),
+        ] {
+            if d.cfg_table.is_empty() != d.cfg_keyspace.is_empty() {
+                return Err(invalid(format!(
+                    "cassandra.{}: cfg_table and cfg_keyspace must be set together",
+                    which.config_key()
+                )));
+            }
+            for name in [&d.cfg_table, &d.cfg_keyspace] {
+                if !name.is_empty() && !valid_name(name) {
+                    return Err(invalid(format!(
+                        "cassandra.{}: bad name {name:?} (letters, digits, _; max 48)",
+                        which.config_key()
+                    )));
+                }
+            }
+            if d.enable {
+                if let Err(e) = dispatch_rules::merge(which, d.static_pairs(), &[], "") {
+                    let msg = e.config_message(which);
+                    return Err(invalid(
+                        msg.strip_prefix("config: ").unwrap_or(&msg).to_string(),
+                    ));
+                }
+            }
+        }
+        if dstore {
+            let dir = &self.dual_write_err_cfg.dump_to_dir;
+            if dir.is_empty() || !Path::new(dir).is_dir() {
+                return Err(invalid(format!(
+                    "cassandra.dual_write_err_cfg.dump_to_dir: {dir:?} is not an existing directory"
+                )));
+            }
+        } else {
+            let rw = &self.prefix_rw_dispatcher_cfg;
+            for (status, prefixes) in rw.effective_static() {
+                if let Some(s) = Status::parse(status) {
+                    if s.without_beansdb() != s {
+                        for p in prefixes {
+                            warnings.push(format!(
+                                "prefix {p:?}: status {status} needs beansdb but dstore is disabled; using {}",
+                                s.without_beansdb().as_str()
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn set(&mut self, p: &mut Parser<'_>, key: &str, v: &Value) -> Result<bool, ConfigError> {
         let c = self;
         match leaf(key) {
@@ -1064,6 +1218,112 @@ backup: [127.0.0.1:7960]\n";
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("config: cannot read "), "{e}");
+    }
+
+    /// A proxy.yaml with a valid Cassandra section; `extra` is one `  key: value` line that
+    /// replaces the base line of the same key or is added.
+    fn cstar_yaml(dump_dir: &str, extra: &str) -> String {
+        let dump = format!("  dual_write_err_cfg: {{dump_to_dir: {dump_dir:?}}}\n");
+        let base = [
+            "  enable: true\n",
+            "  hosts: [127.0.0.1:9042]\n",
+            "  default_key_space: doubandb\n",
+            "  default_table: kvstore\n",
+            "  default_storage: br1w1cr0w0\n",
+            dump.as_str(),
+        ];
+        let key_of = |line: &str| line.split(':').next().unwrap_or("").to_string();
+        let mut out = String::from("cassandra:\n");
+        for line in base {
+            if extra.is_empty() || key_of(line) != key_of(extra) {
+                out.push_str(line);
+            }
+        }
+        out.push_str(extra);
+        out
+    }
+
+    #[test]
+    fn cassandra_section_rules_of_the_spec() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().display().to_string();
+        let (cfg, _) = Config::load(dir_with(&cstar_yaml(&dir, ""), SPREAD).path()).unwrap();
+        assert!(cfg.cassandra.enable);
+        let cases: &[(&str, &str)] = &[
+            ("  hosts: []\n", "config: cassandra.hosts is empty"),
+            ("  hosts: [\"a:b:c\"]\n", "config: cassandra.hosts[0]: bad address \"a:b:c\""),
+            ("  default_table: \"\"\n", "config: cassandra.default_table is required"),
+            (
+                "  default_table: kv-store\n",
+                "config: cassandra.default_table: bad name \"kv-store\" (letters, digits, _; max 48)",
+            ),
+            (
+                "  default_storage: brw\n",
+                "config: cassandra.default_storage: unknown status \"brw\" (valid: br1w1cr0w0, \
+                 br1w1cr0w1, br0w1cr1w1, br0w0cr1w1, br0w0cr1w0)",
+            ),
+            (
+                "  consistency: most\n",
+                "config: cassandra.consistency: unknown value \"most\" (valid: one, two, three, \
+                 quorum, all, local_quorum, each_quorum, local_one)",
+            ),
+            ("  max_conn_for_getm: 0\n", "config: cassandra.max_conn_for_getm must be ≥ 1"),
+            ("  timeout_ms: 0\n", "config: cassandra.timeout_ms must be > 0"),
+            ("  num_conns: 0\n", "config: cassandra.num_conns must be ≥ 1"),
+            (
+                "  shadow_read: {ratio: 1.5}\n",
+                "config: cassandra.shadow_read.ratio must be between 0 and 1",
+            ),
+            (
+                "  prefix_rw_dispatcher_cfg: {enable: true, cfg_table: t}\n",
+                "config: cassandra.prefix_rw_dispatcher_cfg: cfg_table and cfg_keyspace must be set together",
+            ),
+            (
+                "  prefix_rw_dispatcher_cfg: {enable: true, static: {brw: [/a/]}}\n",
+                "config: cassandra.prefix_rw_dispatcher_cfg: unknown status \"brw\" for prefix \"/a/\" \
+                 (valid: br1w1cr0w0, br1w1cr0w1, br0w1cr1w1, br0w0cr1w1, br0w0cr1w0)",
+            ),
+            (
+                "  prefix_rw_dispatcher_cfg: {enable: true, static: {br1w1cr0w0: [\"\"]}}\n",
+                "config: cassandra.prefix_rw_dispatcher_cfg: empty prefix is not allowed",
+            ),
+            (
+                "  prefix_table_dispatcher_cfg: {enable: true, static: {a: [/p], b: [/p]}}\n",
+                "config: cassandra.prefix_table_dispatcher_cfg: prefix \"/p\" configured twice \
+                 (static: a; static: b)",
+            ),
+        ];
+        for (extra, want) in cases {
+            let err = load_err(&cstar_yaml(&dir, extra));
+            assert_eq!(&err, want, "for {extra:?}");
+        }
+        let err = load_err(&cstar_yaml("/nonexistent/dir", ""));
+        assert_eq!(
+            err,
+            "config: cassandra.dual_write_err_cfg.dump_to_dir: \"/nonexistent/dir\" is not an existing directory"
+        );
+        let err = load_err(&cstar_yaml(&dir, "  password_file: /nonexistent/pw\n"));
+        assert!(
+            err.starts_with("config: cassandra.password_file: cannot read /nonexistent/pw"),
+            "{err}"
+        );
+        // A disabled section is not validated.
+        Config::load(dir_with("cassandra:\n  enable: false\n  hosts: []\n", SPREAD).path())
+            .unwrap();
+    }
+
+    #[test]
+    fn cassandra_only_statuses_warn_without_dstore() {
+        let d = dir_with(
+            "dstore:\n  enable: false\ncassandra:\n  enable: true\n  hosts: [h]\n  \
+             default_key_space: k\n  default_table: t\n  default_storage: br0w0cr1w1\n  \
+             prefix_rw_dispatcher_cfg: {enable: true, static: {br1w1cr0w1: [/a/], br0w0cr1w0: [/r/]}}\n",
+            SPREAD,
+        );
+        let (_, warnings) = Config::load(d.path()).unwrap();
+        assert!(warnings.iter().any(|w| w
+            == "prefix \"/a/\": status br1w1cr0w1 needs beansdb but dstore is disabled; using br0w0cr1w1"));
+        assert!(!warnings.iter().any(|w| w.contains("/r/")), "{warnings:?}");
     }
 
     #[test]

@@ -25,11 +25,14 @@ use crate::accesslog::{AccessLog, Entry};
 use crate::buffers::{track, BufKind, Tracked};
 use crate::cluster::Cluster;
 use crate::config::{ms, Config};
+use crate::cstar::CStar;
+use crate::cstar_cmds::{beansdb_only_key, merge_in_order, CstarCtx, Touched};
 use crate::limiter::Limiter;
 use crate::metrics;
 use crate::nwr::{Background, Body, Exec, Reply, Targets};
+use crate::shadow::{BeansdbReader, Shadow, ShadowSettings};
 use crate::stats::{self, Counters};
-use crate::switch::{PrefixSwitch, SwitchHandle};
+use crate::switch::{Dispatch, Status, SwitchHandle};
 use crate::trailing::TrailingWrites;
 
 /// The `version` reply; starts with gobeansproxy's `v2.1.1` so tools recognise it.
@@ -42,6 +45,8 @@ const SLOW: Duration = Duration::from_millis(100);
 /// a request for the named key panics inside its handler, or sleeps before executing.
 #[derive(Default, Clone, Debug)]
 pub struct TestHooks {
+    /// `http_panic`: the admin server gets `/debug/test-panic`, whose handler panics.
+    pub http_panic: bool,
     pub panic_key: Option<Vec<u8>>,
     pub sleep_key: Option<(Vec<u8>, Duration)>,
 }
@@ -51,7 +56,9 @@ impl TestHooks {
         let mut h = TestHooks::default();
         if let Ok(spec) = std::env::var("BEANSPROXY_TEST_HOOKS") {
             for part in spec.split(',') {
-                if let Some(k) = part.strip_prefix("panic=") {
+                if part == "http_panic" {
+                    h.http_panic = true;
+                } else if let Some(k) = part.strip_prefix("panic=") {
                     h.panic_key = Some(k.as_bytes().to_vec());
                 } else if let Some((k, v)) =
                     part.strip_prefix("sleep=").and_then(|r| r.rsplit_once(':'))
@@ -71,6 +78,10 @@ pub struct Proxy {
     pub cfg: Arc<Config>,
     pub cluster: Arc<Cluster>,
     pub switch: SwitchHandle,
+    /// The Cassandra backend, when `cassandra.enable`.
+    pub cstar: Option<Arc<CStar>>,
+    /// Shadow-read verification, when `cassandra.shadow_read.enable`.
+    shadow: Option<Arc<Shadow>>,
     pub limiter: Limiter,
     pub counters: Counters,
     pub access: Option<AccessLog>,
@@ -92,7 +103,12 @@ struct Done {
     reply: Reply,
     /// Metric label (`get`, `getm`, `set`, `del`, `incr`), if counted.
     metric: Option<&'static str>,
+    touched: Touched,
 }
+
+const CSTAR_NO_INCR: &[u8] = b"SERVER_ERROR cstar store do not support incr\r\n";
+const CSTAR_NO_APPEND: &[u8] = b"SERVER_ERROR cstar store do not support append\r\n";
+const CSTAR_BAD_KEY: &[u8] = b"SERVER_ERROR Key format invalid\r\n";
 
 fn unix_now() -> u64 {
     SystemTime::now()
@@ -130,13 +146,58 @@ fn cmd_keys(cmd: &Command) -> Vec<&[u8]> {
 }
 
 impl Proxy {
-    pub fn new(cfg: Arc<Config>, cluster: Arc<Cluster>, access: Option<AccessLog>) -> Proxy {
+    /// `cstar`: the Cassandra backend and its first dispatcher snapshot, when enabled.
+    pub fn new(
+        cfg: Arc<Config>,
+        cluster: Arc<Cluster>,
+        access: Option<AccessLog>,
+        cstar: Option<(Arc<CStar>, Dispatch)>,
+    ) -> Proxy {
+        let (cstar, dispatch) = match cstar {
+            Some((c, d)) => (Some(c), d),
+            None => (None, Dispatch::beansdb_only()),
+        };
+        let bg = Arc::new(Background::default());
+        let sr = &cfg.cassandra.shadow_read;
+        let shadow = match &cstar {
+            Some(c) if sr.enable => {
+                let settings = ShadowSettings {
+                    ratio: sr.ratio,
+                    prefixes: sr.prefixes.iter().map(|p| p.as_bytes().to_vec()).collect(),
+                    max_inflight: sr.max_inflight.max(0) as usize,
+                    recheck_delay: ms(sr.recheck_delay_ms),
+                    mismatch_log: (!sr.mismatch_log.is_empty())
+                        .then(|| std::path::PathBuf::from(&sr.mismatch_log)),
+                };
+                let reader = BeansdbReader {
+                    cluster: cluster.clone(),
+                    bg: bg.clone(),
+                    r: cfg.r(),
+                    score_floor: cfg.dstore.response_time_min as f64,
+                    deviation: cfg.dstore.score_deviation as f64,
+                    timeout: cfg.timeout(),
+                };
+                match Shadow::new(settings, reader, c.clone()) {
+                    Ok(s) => Some(Arc::new(s)),
+                    Err(e) => {
+                        error!(
+                            "shadow_read.mismatch_log {:?}: {e}; shadow reads are off",
+                            sr.mismatch_log
+                        );
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
         Proxy {
+            shadow,
             limiter: Limiter::new(cfg.mc.max_req.max(1) as usize),
-            switch: SwitchHandle::new(PrefixSwitch::beansdb_only()),
+            switch: SwitchHandle::new(dispatch),
+            cstar,
             counters: Counters::default(),
             access,
-            bg: Arc::new(Background::default()),
+            bg,
             started: Instant::now(),
             hooks: TestHooks::from_env(),
             me: cfg.self_target(),
@@ -255,7 +316,12 @@ impl Proxy {
         }
         let failed = done.reply.is_server_error();
         if let Some(m) = done.metric {
-            self.req_metrics.request(m, elapsed, failed);
+            let t = done.touched;
+            self.req_metrics
+                .request(m, elapsed, (t.beansdb || !t.cstar).then_some(failed));
+            if t.cstar {
+                metrics::cstar_request(m, t.cstar_failed);
+            }
         }
         let sizes = self.account(&cmd, &done.reply);
         if let Some(log) = &self.access {
@@ -376,7 +442,15 @@ impl Proxy {
         let local = |reply: Reply| Done {
             reply,
             metric: None,
+            touched: Touched::default(),
         };
+        let counted = |reply: Reply, metric: &'static str| Done {
+            reply,
+            metric: Some(metric),
+            touched: Touched::default(),
+        };
+        // One snapshot for every key and step of this request (cassandra.md §4.2).
+        let snap = self.switch.snapshot();
         // Local commands and refusals that need no backend.
         let metric = match cmd {
             Command::Version => return local(Reply::Text(format!("VERSION {VERSION}\r\n"))),
@@ -386,8 +460,12 @@ impl Proxy {
             Command::Stats { names } => return local(Reply::Text(self.stats_text(names))),
             Command::Decr { .. } => return local(Reply::Static(resp::SERVER_ERROR_NOT_SUPPORT)),
             Command::OptimizeStat | Command::Quit => return local(Reply::Static(resp::ERROR)),
-            Command::Set { kind, .. } if !kind.stores() => {
-                return local(Reply::Static(resp::SERVER_ERROR_NOT_SUPPORT))
+            Command::Set { kind, key, .. } if !kind.stores() => {
+                return local(Reply::Static(if snap.status(key).uses_cstar() {
+                    CSTAR_NO_APPEND
+                } else {
+                    resp::SERVER_ERROR_NOT_SUPPORT
+                }));
             }
             Command::Get { keys, .. } => {
                 if keys.len() > 1 {
@@ -398,28 +476,27 @@ impl Proxy {
             }
             Command::Set { key, .. } => {
                 if !is_valid_write_key(key) {
-                    return Done {
-                        reply: Reply::Static(resp::SERVER_ERROR_WRITE_FAILED),
-                        metric: Some("set"),
+                    let reply = match snap.status(key) {
+                        Status::Crw => CSTAR_BAD_KEY,
+                        Status::Cr => resp::NOT_STORED,
+                        _ => resp::SERVER_ERROR_WRITE_FAILED,
                     };
+                    return counted(Reply::Static(reply), "set");
                 }
                 "set"
             }
             Command::Delete { key, .. } => {
                 if !is_valid_write_key(key) {
-                    return Done {
-                        reply: Reply::Static(resp::NOT_FOUND),
-                        metric: Some("del"),
-                    };
+                    return counted(Reply::Static(resp::NOT_FOUND), "del");
                 }
                 "del"
             }
             Command::Incr { key, .. } => {
+                if snap.status(key).uses_cstar() {
+                    return counted(Reply::Static(CSTAR_NO_INCR), "incr");
+                }
                 if !is_valid_write_key(key) {
-                    return Done {
-                        reply: Reply::Number(0),
-                        metric: Some("incr"),
-                    };
+                    return counted(Reply::Number(0), "incr");
                 }
                 "incr"
             }
@@ -432,12 +509,10 @@ impl Proxy {
         let keys = cmd_keys(cmd);
         let Some(slot) = self.limiter.acquire(cmd.name(), &keys, deadline).await else {
             metrics::timeout(metric);
-            return Done {
-                reply: Reply::Static(resp::SERVER_ERROR_TIMEOUT),
-                metric: Some(metric),
-            };
+            return counted(Reply::Static(resp::SERVER_ERROR_TIMEOUT), metric);
         };
-        let run = self.forward(cmd, body, deadline, targets, trailing);
+        let mut touched = Touched::default();
+        let run = self.forward(cmd, body, deadline, targets, trailing, &snap, &mut touched);
         let reply = match tokio::time::timeout_at(deadline.into(), CatchUnwind(Box::pin(run))).await
         {
             Ok(Ok(r)) => r,
@@ -463,10 +538,12 @@ impl Proxy {
         Done {
             reply,
             metric: Some(metric),
+            touched,
         }
     }
 
     /// The forwarded part of a request, run under the deadline and the panic guard.
+    #[allow(clippy::too_many_arguments)]
     async fn forward(
         &self,
         cmd: &Command,
@@ -474,11 +551,12 @@ impl Proxy {
         deadline: Instant,
         targets: &mut Targets,
         trailing: &mut TrailingWrites,
+        snap: &Dispatch,
+        touched: &mut Touched,
     ) -> Reply {
         if let Some(d) = self.hook(cmd) {
             tokio::time::sleep(d).await;
         }
-        let switch = self.switch.snapshot();
         let d = &self.cfg.dstore;
         let mut ex = Exec {
             state: self.cluster.current(),
@@ -491,48 +569,130 @@ impl Proxy {
             targets,
             trailing,
         };
-        match cmd {
-            Command::Get { keys, gets } => {
-                // The C* read path plugs in here; with the beansdb-only switch every key
-                // reads beansdb.
-                if !keys.iter().all(|k| switch.status(k).beansdb_read()) {
-                    return Reply::Static(resp::SERVER_ERROR_READ_FAILED);
+        let beansdb_reads = |k: &[u8]| beansdb_only_key(k) || snap.status(k).beansdb_read();
+        // With the beansdb-only snapshot every key reads and writes beansdb, so the C*
+        // branches below are reached only when the backend exists.
+        let cstar = self.cstar.as_ref();
+        let reply = match (cmd, cstar) {
+            (Command::Get { keys, gets }, _) if keys.iter().all(|k| beansdb_reads(k)) => {
+                if !snap.beansdb {
+                    return Reply::Values {
+                        items: Vec::new(),
+                        gets: *gets,
+                    };
                 }
-                if keys.len() == 1 {
+                touched.beansdb = true;
+                let reply = if keys.len() == 1 {
                     ex.get(keys[0].clone(), *gets).await
                 } else {
                     ex.getm(keys, *gets).await
+                };
+                if let Some(sh) = &self.shadow {
+                    sh.after_read(snap, keys, &reply);
+                }
+                reply
+            }
+            (Command::Get { keys, gets }, Some(c)) => {
+                let mut ctx = CstarCtx {
+                    cstar: c,
+                    snap,
+                    deadline,
+                    touched: &mut *touched,
+                };
+                let reply = if keys.len() == 1 {
+                    ctx.get(keys[0].clone(), *gets).await
+                } else {
+                    let (bkeys, ckeys): (Vec<Bytes>, Vec<Bytes>) =
+                        keys.iter().cloned().partition(|k| beansdb_reads(k));
+                    let use_b = !bkeys.is_empty() && snap.beansdb;
+                    ctx.touched.beansdb = use_b;
+                    let b_part = async {
+                        if use_b {
+                            ex.getm(&bkeys, *gets).await
+                        } else {
+                            Reply::Values {
+                                items: Vec::new(),
+                                gets: *gets,
+                            }
+                        }
+                    };
+                    let (b, c_part) = tokio::join!(b_part, ctx.getm_part(&ckeys));
+                    match (b, c_part) {
+                        (_, Err(e)) => {
+                            ctx.touched.cstar_failed = true;
+                            Reply::Text(crate::cstar::error_reply(&e))
+                        }
+                        (Reply::Values { items, .. }, Ok(hits)) => {
+                            merge_in_order(keys, items, hits, *gets)
+                        }
+                        (failed, Ok(_)) => failed,
+                    }
+                };
+                if let Some(sh) = &self.shadow {
+                    sh.after_read(snap, keys, &reply);
+                }
+                reply
+            }
+            (
+                Command::Set {
+                    kind: SetKind::Set | SetKind::Add | SetKind::Replace | SetKind::Cas,
+                    key,
+                    flag,
+                    exptime,
+                    ..
+                },
+                c,
+            ) => {
+                let Some(b) = body else {
+                    return Reply::Static(resp::SERVER_ERROR_INTERNAL);
+                };
+                match (snap.status(key), c) {
+                    (Status::Brw, _) => {
+                        touched.beansdb = true;
+                        ex.set(key.clone(), *flag, *exptime, b).await
+                    }
+                    (Status::Cr, _) => Reply::Static(resp::NOT_STORED),
+                    (st, Some(c)) => {
+                        let mut ctx = CstarCtx {
+                            cstar: c,
+                            snap,
+                            deadline,
+                            touched: &mut *touched,
+                        };
+                        ctx.set(&mut ex, st, key.clone(), *flag, *exptime, b).await
+                    }
+                    (_, None) => Reply::Static(resp::SERVER_ERROR_INTERNAL),
                 }
             }
-            Command::Set {
-                kind: SetKind::Set | SetKind::Add | SetKind::Replace | SetKind::Cas,
-                key,
-                flag,
-                exptime,
-                ..
-            } => {
-                if !switch.status(key).beansdb_write() {
-                    return Reply::Static(resp::NOT_STORED);
+            (Command::Delete { key, .. }, c) => match (snap.status(key), c) {
+                (Status::Brw, _) => {
+                    touched.beansdb = true;
+                    ex.delete(key.clone()).await
                 }
-                match body {
-                    Some(b) => ex.set(key.clone(), *flag, *exptime, b).await,
-                    None => Reply::Static(resp::SERVER_ERROR_INTERNAL),
+                (Status::Cr, _) => Reply::Static(resp::NOT_FOUND),
+                (st, Some(c)) => {
+                    let mut ctx = CstarCtx {
+                        cstar: c,
+                        snap,
+                        deadline,
+                        touched: &mut *touched,
+                    };
+                    ctx.delete(&mut ex, st, key.clone()).await
                 }
-            }
-            Command::Delete { key, .. } => {
-                if !switch.status(key).beansdb_write() {
-                    return Reply::Static(resp::NOT_FOUND);
-                }
-                ex.delete(key.clone()).await
-            }
-            Command::Incr { key, delta, .. } => {
-                if !switch.status(key).beansdb_write() {
-                    return Reply::Static(resp::SERVER_ERROR_INCR_FAILED);
-                }
+                (_, None) => Reply::Static(resp::SERVER_ERROR_INTERNAL),
+            },
+            (Command::Incr { key, delta, .. }, _) => {
+                touched.beansdb = true;
                 ex.incr(key.clone(), *delta).await
             }
             _ => Reply::Static(resp::ERROR),
+        };
+        if touched.cstar {
+            if let Some(c) = cstar {
+                ex.targets.push(&c.cluster_name);
+            }
         }
+        reply
     }
 
     /// `stats` (§2.4): all lines in order, or the named ones.
@@ -595,6 +755,10 @@ impl Proxy {
         ]
     }
 
+    pub fn hooks(&self) -> &TestHooks {
+        &self.hooks
+    }
+
     /// How long a graceful drain may take before the exit code says it did not finish.
     pub fn drain_limit(&self) -> Duration {
         self.timeout + ms(2000)
@@ -616,7 +780,8 @@ async fn write_reply<W: AsyncWrite + Unpin>(wr: &mut W, reply: Reply) -> io::Res
             let mut head = BytesMut::with_capacity(300);
             for item in items {
                 head.clear();
-                resp::value_header(&mut head, &item.key, item.flag, item.data.len(), gets);
+                let cas = gets.then_some(u64::from(item.cas));
+                resp::value_header_cas(&mut head, &item.key, item.flag, item.data.len(), cas);
                 wr.write_all(&head).await?;
                 wr.write_all(&item.data).await?;
                 wr.write_all(b"\r\n").await?;

@@ -43,14 +43,44 @@ pub fn router(admin: Arc<Admin>) -> Router {
     r = both(r, "/config", get(config));
     r = both(r, "/request", get(request));
     r = both(r, "/rusage", get(rusage));
-    r = both(
-        r,
-        "/cstar-cfg",
-        get(cstar).post(cstar).put(cstar).delete(cstar),
-    );
+    r = both(r, "/cstar-cfg", axum::routing::any(cstar_cfg));
     r = both(r, "/metrics", get(metrics_text));
     r = both(r, "/debug/pprof/heap", get(heap_profile));
+    if admin.proxy.hooks().http_panic {
+        r = r.route(
+            "/debug/test-panic",
+            get(|| async {
+                if std::hint::black_box(true) {
+                    panic!("test hook: panic in an admin handler");
+                }
+                "unreachable"
+            }),
+        );
+    }
     r.with_state(admin)
+        .layer(axum::middleware::from_fn(catch_panic))
+}
+
+/// A panicking admin handler answers 500 instead of dropping the connection; the process and
+/// the other endpoints are unaffected.
+async fn catch_panic(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    use futures::FutureExt;
+    let path = req.uri().path().to_string();
+    match std::panic::AssertUnwindSafe(next.run(req))
+        .catch_unwind()
+        .await
+    {
+        Ok(r) => r,
+        Err(p) => {
+            let what = p
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            tracing::error!("admin handler {path} panicked: {what}");
+            (StatusCode::INTERNAL_SERVER_ERROR, "internal error\n").into_response()
+        }
+    }
 }
 
 fn json_response(v: Value) -> Response {
@@ -226,8 +256,44 @@ async fn rusage() -> Response {
     json_response(json!(beansdb_observe::process::RusageReport::now()))
 }
 
-async fn cstar() -> &'static str {
-    "cassandra is disabled"
+/// `/cstar-cfg?config=rwswitcher|tablefinder` (cassandra.md §6).
+async fn cstar_cfg(
+    st: St,
+    method: axum::http::Method,
+    query: axum::extract::Query<BTreeMap<String, String>>,
+    body: axum::body::Bytes,
+) -> Response {
+    use axum::http::Method;
+    let fail = |status: u16, msg: String| {
+        let code = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
+        (code, json_response(json!({"message": "", "error": msg}))).into_response()
+    };
+    let Some(which) = query
+        .get("config")
+        .and_then(|c| beansdb_cassandra::Dispatcher::parse_label(c))
+    else {
+        return fail(
+            400,
+            "unsupported config query arg, must be: tablefinder/rwswitcher".into(),
+        );
+    };
+    let proxy = &st.0.proxy;
+    let Some(c) = proxy.cstar.clone() else {
+        return fail(400, "cassandra is disabled".into());
+    };
+    let r = match method {
+        Method::GET => {
+            return json_response(crate::cstar::CStar::view(&proxy.switch.snapshot(), which))
+        }
+        Method::POST => c.reload(&proxy.switch, crate::cstar::Trigger::Post).await,
+        Method::PUT => c.put(&proxy.switch, which, &body).await,
+        Method::DELETE => c.delete(&proxy.switch, which, &body).await,
+        _ => return fail(405, "unsupported method".into()),
+    };
+    match r {
+        Ok(()) => json_response(json!({"message": "success"})),
+        Err(e) => fail(e.status, e.message),
+    }
 }
 
 async fn metrics_text(st: St) -> Response {

@@ -4,12 +4,15 @@
 //! [`limiter`] slot and runs the command through [`nwr`] (N/W/R rules, [`getm`] planning,
 //! [`quorum`] arithmetic) against the hosts of the current [`cluster`] routing state
 //! ([`routing`] table, [`pool`] connections, [`health`]). [`switch`] is the per-key store
-//! lookup where the Cassandra backend will plug in.
+//! lookup: beansdb, Cassandra ([`cstar`]) or both, per key prefix.
 
 pub mod accesslog;
 pub mod buffers;
 pub mod cluster;
 pub mod config;
+pub mod cstar;
+pub mod cstar_cmds;
+pub mod dualwrite_log;
 pub mod getm;
 pub mod handler;
 pub mod health;
@@ -22,6 +25,7 @@ pub mod pool;
 pub mod quorum;
 pub mod routing;
 pub mod server;
+pub mod shadow;
 pub mod stats;
 pub mod switch;
 pub mod trailing;

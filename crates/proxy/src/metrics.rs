@@ -131,14 +131,16 @@ pub struct RequestMetrics {
 }
 
 impl RequestMetrics {
-    pub fn request(&self, cmd: &'static str, elapsed: Duration, failed: bool) {
+    /// One request: the e2e histogram, and the beansdb counters when `beansdb` is
+    /// `Some(failed)` (the request touched beansdb).
+    pub fn request(&self, cmd: &'static str, elapsed: Duration, beansdb: Option<bool>) {
         let i = match cmd {
             "get" => 0,
             "getm" => 1,
             "set" => 2,
             "del" => 3,
             "incr" => 4,
-            _ => return request(cmd, elapsed, failed),
+            _ => return request(cmd, elapsed, beansdb.unwrap_or(false)),
         };
         let (total, hist) = self.ok[i].get_or_init(|| {
             (
@@ -146,6 +148,10 @@ impl RequestMetrics {
                 histogram!("gobeansproxy_cmd_e2e_duration_seconds", "cmd" => cmd),
             )
         });
+        hist.record(elapsed.as_secs_f64());
+        let Some(failed) = beansdb else {
+            return;
+        };
         total.increment(1);
         if failed {
             self.errors[i]
@@ -154,7 +160,14 @@ impl RequestMetrics {
                 )
                 .increment(1);
         }
-        hist.record(elapsed.as_secs_f64());
+    }
+}
+
+/// A request served (partly) by Cassandra (cassandra.md §5.6).
+pub fn cstar_request(cmd: &'static str, failed: bool) {
+    counter!("gobeansproxy_total_reqs", "cmd" => cmd, "store" => "cstar").increment(1);
+    if failed {
+        counter!("gobeansproxy_error_reqs", "cmd" => cmd, "store" => "cstar").increment(1);
     }
 }
 

@@ -125,6 +125,8 @@ pub struct Item {
     pub key: Bytes,
     pub flag: u32,
     pub data: Bytes,
+    /// What `gets` reports: 0 for beansdb (it has no cas), the stored `cas` for C*.
+    pub cas: u32,
     _acct: Tracked,
 }
 
@@ -135,8 +137,14 @@ impl Item {
             key,
             flag,
             data,
+            cas: 0,
             _acct: acct,
         }
+    }
+
+    pub fn with_cas(mut self, cas: u32) -> Item {
+        self.cas = cas;
+        self
     }
 }
 

@@ -13,6 +13,7 @@ use crate::accesslog::AccessLog;
 use crate::buffers::BUFFERS;
 use crate::cluster::Cluster;
 use crate::config::{ms, Config};
+use crate::cstar::{CStar, Trigger};
 use crate::handler::{Proxy, VERSION};
 use crate::health::HealthParams;
 use crate::http::{self, Admin};
@@ -37,6 +38,8 @@ pub enum ServeError {
     },
     #[error("dstore is disabled and no other backend is available")]
     NoBackend,
+    #[error("{0}")]
+    Cassandra(#[from] crate::cstar::StartError),
 }
 
 /// How the proxy stopped.
@@ -95,7 +98,16 @@ pub async fn serve(cfg: Config, log: ErrorLog) -> Result<Stopped, ServeError> {
     install_panic_hook();
     BUFFERS.set_large_threshold(cfg.mc.body_c);
     let prometheus = crate::metrics::install();
-    let route = cfg.route.clone().ok_or(ServeError::NoBackend)?;
+    let route = match cfg.route.clone() {
+        Some(r) => r,
+        // Cassandra only: no beansdb host at all (every status maps to a C* one).
+        None if cfg.cassandra.enable => beansdb_route::Route {
+            numbucket: 1,
+            main: Vec::new(),
+            backup: Vec::new(),
+        },
+        None => return Err(ServeError::NoBackend),
+    };
     let settings = Arc::new(backend_settings(&cfg));
     let cluster = Arc::new(Cluster::new(route, cfg.n(), settings, cfg.route_path()));
     let access = if cfg.proxy.accesslog.is_empty() {
@@ -108,8 +120,13 @@ pub async fn serve(cfg: Config, log: ErrorLog) -> Result<Stopped, ServeError> {
             })?,
         )
     };
+    let cstar = if cfg.cassandra.enable {
+        Some(CStar::start(&cfg).await?)
+    } else {
+        None
+    };
     let cfg = Arc::new(cfg);
-    let proxy = Arc::new(Proxy::new(cfg.clone(), cluster.clone(), access));
+    let proxy = Arc::new(Proxy::new(cfg.clone(), cluster.clone(), access, cstar));
 
     let web_addr = bind_addr(&cfg.proxy.listen, cfg.proxy.webport)?;
     let mc_addr = bind_addr(&cfg.proxy.listen, cfg.proxy.port)?;
@@ -166,6 +183,9 @@ pub async fn serve(cfg: Config, log: ErrorLog) -> Result<Stopped, ServeError> {
     );
     drop(state);
 
+    if let Some(c) = &proxy.cstar {
+        spawn_refresh(c.clone(), proxy.clone(), sd_rx.clone());
+    }
     let accept = tokio::spawn(accept_loop(proxy.clone(), mc, sd_rx.clone()));
     wait_for_signal(&log, &proxy).await;
     info!("shutting down: draining connections");
@@ -193,6 +213,24 @@ pub async fn serve(cfg: Config, log: ErrorLog) -> Result<Stopped, ServeError> {
             Ok(Stopped::DrainTimeout)
         }
     }
+}
+
+/// `refresh_interval_sec` (cassandra.md §4.4): periodic reloads of the dispatchers.
+fn spawn_refresh(c: Arc<CStar>, proxy: Arc<Proxy>, mut shutdown: watch::Receiver<bool>) {
+    tokio::spawn(async move {
+        loop {
+            // Re-read each round: a reload may turn a dispatcher's refresh on or change it.
+            let wait = c.refresh_interval().unwrap_or(Duration::from_secs(5));
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.changed() => break,
+            }
+            if c.refresh_interval().is_some() {
+                // Failures are logged and counted by reload(); the old snapshot stays.
+                let _ = c.reload(&proxy.switch, Trigger::Refresh).await;
+            }
+        }
+    });
 }
 
 /// Accepts until shutdown, then waits for the connections to finish their current request.
@@ -260,6 +298,9 @@ async fn wait_for_signal(log: &ErrorLog, proxy: &Proxy) {
                     if let Err(e) = a.reopen() {
                         warn!("reopening the access log failed: {e}");
                     }
+                }
+                if let Some(c) = &proxy.cstar {
+                    c.reopen_logs();
                 }
                 match log.reopen() {
                     Ok(()) => info!("logs reopened"),

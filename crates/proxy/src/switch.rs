@@ -1,128 +1,84 @@
-//! The Cassandra seam: per-key read/write status (cassandra.md §4.1–§4.2).
-//!
-//! Every command asks a [`PrefixSwitch`] snapshot which stores serve the key. Today the
-//! switch has no prefixes and answers `br1w1cr0w0` (beansdb only) for every key; the C*
-//! backend will fill it from `prefix_rw_dispatcher_cfg` and swap snapshots on reload.
+//! Per-key store lookup (cassandra.md §4): the five read/write statuses, longest-prefix maps
+//! and the [`Dispatch`] snapshot a request uses for every key and step.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
+use beansdb_cassandra::CassandraStore;
 use parking_lot::RwLock;
 
-/// The five statuses of cassandra.md §4.1.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Status {
-    /// br1w1cr0w0: beansdb only.
-    Brw,
-    /// br1w1cr0w1: dual write, read beansdb.
-    BrwCw,
-    /// br0w1cr1w1: dual write, read C*.
-    BwCrw,
-    /// br0w0cr1w1: C* only.
-    Crw,
-    /// br0w0cr1w0: C* read-only.
-    Cr,
-}
+pub use beansdb_cassandra::dispatch::{lookup_key, PrefixMap, Status};
 
-impl Status {
-    pub const ALL: [Status; 5] = [
-        Status::Brw,
-        Status::BrwCw,
-        Status::BwCrw,
-        Status::Crw,
-        Status::Cr,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Brw => "br1w1cr0w0",
-            Status::BrwCw => "br1w1cr0w1",
-            Status::BwCrw => "br0w1cr1w1",
-            Status::Crw => "br0w0cr1w1",
-            Status::Cr => "br0w0cr1w0",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Status> {
-        Status::ALL.into_iter().find(|st| st.as_str() == s)
-    }
-
-    pub fn beansdb_read(self) -> bool {
-        matches!(self, Status::Brw | Status::BrwCw)
-    }
-
-    pub fn beansdb_write(self) -> bool {
-        matches!(self, Status::Brw | Status::BrwCw | Status::BwCrw)
-    }
-
-    pub fn cstar_read(self) -> bool {
-        matches!(self, Status::BwCrw | Status::Crw | Status::Cr)
-    }
-
-    pub fn cstar_write(self) -> bool {
-        matches!(self, Status::BrwCw | Status::BwCrw | Status::Crw)
-    }
-}
-
-/// Longest-prefix status lookup.
+/// One snapshot of both dispatchers with the prepared stores of every table they name.
 #[derive(Debug, Clone)]
-pub struct PrefixSwitch {
-    default: Status,
-    /// Sorted by length, longest first, so the first match wins.
-    prefixes: Vec<(Vec<u8>, Status)>,
+pub struct Dispatch {
+    /// Key → status; the default is `default_storage`.
+    pub rw: PrefixMap<Status>,
+    /// Key → table; the default is `default_table`.
+    pub tables: PrefixMap<String>,
+    /// Table name → prepared statements; empty while Cassandra is disabled.
+    pub stores: HashMap<String, CassandraStore>,
+    /// Whether beansdb serves `@` keys (`dstore.enable`).
+    pub beansdb: bool,
 }
 
-impl PrefixSwitch {
-    /// The switch while the Cassandra backend is disabled: everything is beansdb only.
-    pub fn beansdb_only() -> PrefixSwitch {
-        PrefixSwitch {
-            default: Status::Brw,
-            prefixes: Vec::new(),
+impl Dispatch {
+    /// Cassandra disabled: every key is beansdb only.
+    pub fn beansdb_only() -> Dispatch {
+        Dispatch {
+            rw: PrefixMap::with_default(Status::Brw),
+            tables: PrefixMap::with_default(String::new()),
+            stores: HashMap::new(),
+            beansdb: true,
         }
     }
 
-    /// A switch with explicit prefixes (validated by the caller: non-empty, no duplicates).
-    pub fn new(default: Status, prefixes: Vec<(Vec<u8>, Status)>) -> PrefixSwitch {
-        let mut prefixes = prefixes;
-        prefixes.sort_by_key(|p| std::cmp::Reverse(p.0.len()));
-        PrefixSwitch { default, prefixes }
-    }
-
-    /// The status of a key as received (§4.2): `?key`/`??key` use `key`; `@` keys bypass the
-    /// switch (listings and raw records are beansdb's).
+    /// The status of a key as received. `@` keys bypass the switch: listings and raw
+    /// records are beansdb's.
     pub fn status(&self, key: &[u8]) -> Status {
+        self.status_and_prefix(key).0
+    }
+
+    /// The status and the matched prefix (`None` = `default_storage`).
+    pub fn status_and_prefix(&self, key: &[u8]) -> (Status, Option<&[u8]>) {
         if key.first() == Some(&b'@') {
-            return Status::Brw;
+            return (Status::Brw, None);
         }
-        let lookup = key
-            .strip_prefix(b"??")
-            .or_else(|| key.strip_prefix(b"?"))
-            .unwrap_or(key);
-        self.prefixes
-            .iter()
-            .find(|(p, _)| lookup.starts_with(p))
-            .map(|(_, s)| *s)
-            .unwrap_or(self.default)
+        match self.rw.matched(key) {
+            Some((p, s)) => (*s, Some(p)),
+            None => (*self.rw.default_value(), None),
+        }
+    }
+
+    /// The table of a key (§4.5).
+    pub fn table(&self, key: &[u8]) -> &str {
+        self.tables.get(key)
+    }
+
+    /// The prepared store of a key's table.
+    pub fn store(&self, key: &[u8]) -> Option<&CassandraStore> {
+        self.stores.get(self.table(key))
     }
 }
 
-/// The current switch; a request takes one snapshot and uses it for every key and step.
+/// The current snapshot; a request takes one and uses it for every key and step (§4.2).
 pub struct SwitchHandle {
-    cur: RwLock<Arc<PrefixSwitch>>,
+    cur: RwLock<Arc<Dispatch>>,
 }
 
 impl SwitchHandle {
-    pub fn new(s: PrefixSwitch) -> SwitchHandle {
+    pub fn new(d: Dispatch) -> SwitchHandle {
         SwitchHandle {
-            cur: RwLock::new(Arc::new(s)),
+            cur: RwLock::new(Arc::new(d)),
         }
     }
 
-    pub fn snapshot(&self) -> Arc<PrefixSwitch> {
+    pub fn snapshot(&self) -> Arc<Dispatch> {
         self.cur.read().clone()
     }
 
-    pub fn replace(&self, s: PrefixSwitch) {
-        *self.cur.write() = Arc::new(s);
+    pub fn replace(&self, d: Dispatch) {
+        *self.cur.write() = Arc::new(d);
     }
 }
 
@@ -130,9 +86,20 @@ impl SwitchHandle {
 mod tests {
     use super::*;
 
+    fn map(entries: &[(&str, Status)]) -> Dispatch {
+        let entries = entries
+            .iter()
+            .map(|(p, s)| (p.as_bytes().to_vec(), *s))
+            .collect();
+        Dispatch {
+            rw: PrefixMap::new(Status::Brw, entries).expect("valid map"),
+            ..Dispatch::beansdb_only()
+        }
+    }
+
     #[test]
     fn beansdb_only_answers_brw() {
-        let s = PrefixSwitch::beansdb_only();
+        let s = Dispatch::beansdb_only();
         for k in [
             &b"a"[..],
             b"?a",
@@ -144,31 +111,40 @@ mod tests {
             let st = s.status(k);
             assert_eq!(st, Status::Brw);
             assert!(st.beansdb_read() && st.beansdb_write());
-            assert!(!st.cstar_read() && !st.cstar_write());
+            assert!(!st.cstar_read() && !st.cstar_write() && !st.uses_cstar());
         }
     }
 
     #[test]
-    fn longest_prefix_and_meta_keys() {
-        let s = PrefixSwitch::new(
-            Status::Brw,
-            vec![
-                (b"/test_".to_vec(), Status::Crw),
-                (b"/test_prefix_c/".to_vec(), Status::BrwCw),
-            ],
-        );
+    fn at_keys_bypass_the_switch() {
+        let s = map(&[("/test_prefix_c/", Status::BrwCw), ("@", Status::Crw)]);
         assert_eq!(s.status(b"/test_prefix_c/1"), Status::BrwCw);
-        assert_eq!(s.status(b"?/test_prefix_c/1"), Status::BrwCw);
-        assert_eq!(s.status(b"??/test_x"), Status::Crw);
-        assert_eq!(s.status(b"/other"), Status::Brw);
-        assert_eq!(s.status(b"@/test_"), Status::Brw);
-        for st in Status::ALL {
-            assert_eq!(Status::parse(st.as_str()), Some(st));
-        }
-        let h = SwitchHandle::new(PrefixSwitch::beansdb_only());
+        assert_eq!(s.status(b"??/test_prefix_c/9"), Status::BrwCw);
+        assert_eq!(s.status(b"@3a"), Status::Brw);
+        assert_eq!(
+            s.status_and_prefix(b"/test_prefix_c/1").1,
+            Some(&b"/test_prefix_c/"[..])
+        );
+        assert_eq!(s.status_and_prefix(b"tes").1, None);
+        assert_eq!(Status::Cr.without_beansdb(), Status::Cr);
+        assert_eq!(Status::BrwCw.without_beansdb(), Status::Crw);
+    }
+
+    #[test]
+    fn tables_and_snapshots() {
+        let mut d = map(&[("/a", Status::Crw)]);
+        d.tables = PrefixMap::new(
+            "kvstore".to_string(),
+            vec![(b"/ark".to_vec(), "kvstore_ark".to_string())],
+        )
+        .expect("valid map");
+        assert_eq!(d.table(b"/ark/1"), "kvstore_ark");
+        assert_eq!(d.table(b"??/ark/1"), "kvstore_ark");
+        assert_eq!(d.table(b"/a1"), "kvstore");
+        let h = SwitchHandle::new(Dispatch::beansdb_only());
         let snap = h.snapshot();
-        h.replace(s);
-        assert_eq!(snap.status(b"/test_a"), Status::Brw);
-        assert_eq!(h.snapshot().status(b"/test_a"), Status::Crw);
+        h.replace(d);
+        assert_eq!(snap.status(b"/a1"), Status::Brw);
+        assert_eq!(h.snapshot().status(b"/a1"), Status::Crw);
     }
 }

@@ -29,6 +29,11 @@ impl Paths {
         }
     }
 
+    /// The proxy's dual-write error log directory (`--with-cassandra`).
+    pub fn dual_write_errors(&self) -> PathBuf {
+        self.root.join("dual-write-errors")
+    }
+
     /// Where the child's stdout and stderr go.
     pub fn stdout_log(&self) -> PathBuf {
         self.logs.join("stdout.log")
@@ -107,7 +112,45 @@ pub fn node_global_yaml(l: &Layout, m: &Member, p: &Paths, fsync: &str) -> Strin
     )
 }
 
-pub fn proxy_yaml(l: &Layout, p: &Paths) -> String {
+/// `--with-cassandra`: where the proxy's Cassandra is and how to log in.
+#[derive(Debug, Clone, Default)]
+pub struct DevCassandra {
+    pub host: String,
+    pub username: String,
+    pub password_file: String,
+}
+
+/// Keyspace and default table of the dev cluster's Cassandra section.
+pub const DEV_KEYSPACE: &str = "doubandb";
+pub const DEV_TABLE: &str = "kvstore";
+
+/// The proxy's `cassandra:` section: disabled, or (tools.md §6 step 4) enabled with
+/// `default_storage: br1w1cr0w0`, the rw dispatcher on its config table with no static
+/// prefixes, and the dual-write error log under the proxy's dir.
+fn cassandra_section(c: Option<&DevCassandra>, p: &Paths) -> String {
+    let Some(c) = c else {
+        return "cassandra:\n  enable: false\n".into();
+    };
+    let mut out = format!(
+        "cassandra:\n  enable: true\n  hosts: [{host}]\n  default_key_space: {DEV_KEYSPACE}\n  \
+         default_table: {DEV_TABLE}\n  consistency: one\n  default_storage: br1w1cr0w0\n  \
+         prefix_rw_dispatcher_cfg:\n    enable: true\n    cfg_keyspace: {DEV_KEYSPACE}\n    \
+         cfg_table: bdb_prefix_rw_switcher\n  \
+         dual_write_err_cfg:\n    dump_to_dir: {dump}\n",
+        host = serde_json::to_string(&c.host).unwrap_or_default(),
+        dump = q(&p.dual_write_errors()),
+    );
+    if !c.username.is_empty() {
+        out.push_str(&format!(
+            "  username: {}\n  password_file: {}\n",
+            serde_json::to_string(&c.username).unwrap_or_default(),
+            serde_json::to_string(&c.password_file).unwrap_or_default()
+        ));
+    }
+    out
+}
+
+pub fn proxy_yaml(l: &Layout, p: &Paths, cstar: Option<&DevCassandra>) -> String {
     format!(
         "# Written by beansctl dev-cluster. Regenerated on each start unless --keep-config is given.\n\
          # The access log is on so that it can feed `beansctl replay`.\n\
@@ -117,7 +160,8 @@ pub fn proxy_yaml(l: &Layout, p: &Paths) -> String {
          dstore:\n  enable: true\n  n: {n}\n  w: {w}\n  r: {r}\n  \
          # Short probe timings, so a node stopped by hand is seen back within a second or two.\n  \
          dial_fail_silence_ms: 500\n  probe_interval_ms: 500\n  probe_max_interval_ms: 2000\n\
-         cassandra:\n  enable: false\n",
+         {cassandra}",
+        cassandra = cassandra_section(cstar, p),
         host = serde_json::to_string(&l.host).unwrap_or_default(),
         port = l.proxy.port,
         web = l.proxy.webport,
@@ -131,7 +175,13 @@ pub fn proxy_yaml(l: &Layout, p: &Paths) -> String {
 
 /// Creates the directories and the marker, and writes every config file (keeping existing
 /// ones with `keep`). Returns the config files in the order written.
-pub fn write_all(dir: &Path, l: &Layout, fsync: &str, keep: bool) -> io::Result<Vec<PathBuf>> {
+pub fn write_all(
+    dir: &Path,
+    l: &Layout,
+    fsync: &str,
+    keep: bool,
+    cstar: Option<&DevCassandra>,
+) -> io::Result<Vec<PathBuf>> {
     fs::create_dir_all(dir)?;
     let marker = dir.join(MARKER);
     if !marker.exists() {
@@ -154,7 +204,10 @@ pub fn write_all(dir: &Path, l: &Layout, fsync: &str, keep: bool) -> io::Result<
         fs::create_dir_all(&p.conf)?;
         fs::create_dir_all(&p.logs)?;
         if m.role == Role::Proxy {
-            put(p.conf.join("proxy.yaml"), &proxy_yaml(l, &p))?;
+            if cstar.is_some() {
+                fs::create_dir_all(p.dual_write_errors())?;
+            }
+            put(p.conf.join("proxy.yaml"), &proxy_yaml(l, &p, cstar))?;
         } else {
             fs::create_dir_all(&p.data)?;
             put(
@@ -196,7 +249,7 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let d = t.path().join("dev");
         let l = Layout::new(5, 3, 16, 1, 7900, "127.0.0.1").unwrap();
-        let files = write_all(&d, &l, "never", false).unwrap();
+        let files = write_all(&d, &l, "never", false, None).unwrap();
         assert_eq!(files.len(), 14);
         assert!(d.join(MARKER).is_file());
         let g = fs::read_to_string(d.join("node1/conf/global.yaml")).unwrap();
@@ -211,12 +264,12 @@ mod tests {
             l.route_yaml()
         );
         fs::write(d.join("node1/conf/global.yaml"), "edited").unwrap();
-        write_all(&d, &l, "never", true).unwrap();
+        write_all(&d, &l, "never", true, None).unwrap();
         assert_eq!(
             fs::read_to_string(d.join("node1/conf/global.yaml")).unwrap(),
             "edited"
         );
-        write_all(&d, &l, "never", false).unwrap();
+        write_all(&d, &l, "never", false, None).unwrap();
         assert_ne!(
             fs::read_to_string(d.join("node1/conf/global.yaml")).unwrap(),
             "edited"

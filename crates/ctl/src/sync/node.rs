@@ -174,6 +174,13 @@ impl NodeConn {
         self.note(r)
     }
 
+    /// `version`: whether the node answers at all (the Cassandra tools' source choice).
+    pub async fn version(&mut self) -> NodeResult<String> {
+        let c = self.ready().await?;
+        let r = c.version().await;
+        self.note(r)
+    }
+
     /// `stats time`: the node's unix time.
     pub async fn time(&mut self) -> NodeResult<i64> {
         let c = self.ready().await?;

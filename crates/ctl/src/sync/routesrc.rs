@@ -14,6 +14,17 @@ use crate::error::{CliError, CliResult};
 const MAX_ROUTE_BYTES: usize = 4 << 20;
 
 pub async fn load(src: &str, connect_timeout: Duration, timeout: Duration) -> CliResult<Route> {
+    load_with(src, connect_timeout, timeout, false).await
+}
+
+/// [`load`], also accepting numbucket 1 when `allow_single_bucket` (the Cassandra tools walk
+/// a one-bucket node from the empty path; only sync needs two levels).
+pub async fn load_with(
+    src: &str,
+    connect_timeout: Duration,
+    timeout: Duration,
+    allow_single_bucket: bool,
+) -> CliResult<Route> {
     let (route, warnings) = if let Some(rest) = src.strip_prefix("http://") {
         let text = fetch(rest, connect_timeout, timeout)
             .await
@@ -38,14 +49,17 @@ pub async fn load(src: &str, connect_timeout: Duration, timeout: Duration) -> Cl
     for w in warnings {
         tracing::warn!("{w}");
     }
-    check(&route).map_err(|m| CliError::usage(format!("invalid route {src:?}: {m}")))?;
+    check_with(&route, allow_single_bucket)
+        .map_err(|m| CliError::usage(format!("invalid route {src:?}: {m}")))?;
     Ok(route)
 }
 
 /// The tools' route rules beyond parsing: numbucket 16 or 256, no address listed twice, and
 /// every bucket has a main host.
-pub fn check(route: &Route) -> Result<(), String> {
-    if route.numbucket != 16 && route.numbucket != 256 {
+fn check_with(route: &Route, allow_single_bucket: bool) -> Result<(), String> {
+    if allow_single_bucket && route.numbucket == 1 {
+        // Only the one-bucket case differs; the remaining rules apply as for sync.
+    } else if route.numbucket != 16 && route.numbucket != 256 {
         return Err(format!(
             "sync needs numbucket 16 or 256 (got {})",
             route.numbucket
@@ -71,9 +85,19 @@ pub fn check(route: &Route) -> Result<(), String> {
     Ok(())
 }
 
-/// Minimal HTTP/1.0 GET of `<hostport>[/prefix]/route/`; HTTP/1.0 keeps the body unchunked and
-/// ends it with the connection.
+/// Minimal HTTP/1.0 GET of `<hostport>[/prefix]/route/`.
 async fn fetch(rest: &str, connect_timeout: Duration, timeout: Duration) -> Result<String, String> {
+    http_get(rest, "/route/", connect_timeout, timeout).await
+}
+
+/// Minimal HTTP/1.0 GET of `<hostport>[/prefix]<path>` (`rest` is a URL without `http://`);
+/// HTTP/1.0 keeps the body unchunked and ends it with the connection. Non-200 is an error.
+pub(crate) async fn http_get(
+    rest: &str,
+    path: &str,
+    connect_timeout: Duration,
+    timeout: Duration,
+) -> Result<String, String> {
     let (hostport, prefix) = match rest.find('/') {
         Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
         None => (rest, ""),
@@ -91,7 +115,7 @@ async fn fetch(rest: &str, connect_timeout: Duration, timeout: Duration) -> Resu
         .map_err(|_| "connect timeout".to_string())?
         .map_err(|e| e.to_string())?;
     let req = format!(
-        "GET {prefix}/route/ HTTP/1.0\r\nHost: {hostport}\r\nUser-Agent: beansctl\r\nConnection: close\r\n\r\n"
+        "GET {prefix}{path} HTTP/1.0\r\nHost: {hostport}\r\nUser-Agent: beansctl\r\nConnection: close\r\n\r\n"
     );
     let body = tokio::time::timeout(timeout, async {
         stream.write_all(req.as_bytes()).await?;
@@ -135,17 +159,21 @@ mod tests {
             "numbucket: 16\nmain:\n- addr: a:1\n  buckets: [0,1,2,3,4,5,6,7,8,9,a,b,c,d,e,f]\n",
         )
         .expect("parse");
-        assert!(check(&ok).is_ok());
+        assert!(check_with(&ok, false).is_ok());
         let one =
             Route::parse("numbucket: 1\nmain:\n- addr: a:1\n  buckets: [0]\n").expect("parse");
-        assert!(check(&one).unwrap_err().contains("16 or 256"));
+        assert!(check_with(&one, false).unwrap_err().contains("16 or 256"));
         let hole =
             Route::parse("numbucket: 16\nmain:\n- addr: a:1\n  buckets: [0]\n").expect("parse");
-        assert!(check(&hole).unwrap_err().contains("bucket 1 has no main"));
+        assert!(check_with(&hole, false)
+            .unwrap_err()
+            .contains("bucket 1 has no main"));
         let twice = Route::parse(
             "numbucket: 16\nmain:\n- addr: a:1\n  buckets: [0,1,2,3,4,5,6,7,8,9,a,b,c,d,e,f]\nbackup: [\"a:1\"]\n",
         )
         .expect("parse");
-        assert!(check(&twice).unwrap_err().contains("listed twice"));
+        assert!(check_with(&twice, false)
+            .unwrap_err()
+            .contains("listed twice"));
     }
 }

@@ -137,6 +137,8 @@ pub struct RawRecord {
     pub value: Vec<u8>,
     /// On-disk version: informational only, never used for decisions.
     pub disk_ver: i32,
+    /// Header timestamp (unix seconds) of the on-disk record.
+    pub ts: u32,
 }
 
 /// Parses and checks a `@@<khash>` reply: exact length, CRC, `khash(key)`, and the value
@@ -179,6 +181,7 @@ pub fn parse_raw(body: &[u8], khash: u64, expect_vhash: Option<u16>) -> Result<R
         flag: h.flag,
         value: value.to_vec(),
         disk_ver: h.ver,
+        ts: h.ts,
     })
 }
 

@@ -1,4 +1,5 @@
-//! Test harness: one real Cassandra 5.0 per test binary run (spec cassandra.md §10).
+//! Test support (feature `test-util`): one real Cassandra 5.0 per test binary run (spec
+//! cassandra.md §10), used by this crate's and beansctl's integration tests.
 //!
 //! `CASSANDRA_NATIVE=host:port` in the environment (set by scripts/test.sh, which starts the
 //! node once for the whole suite) selects a running node; otherwise the harness runs
@@ -7,16 +8,13 @@
 //! `cassandra/init_test.cql`. Any failure fails the tests; only an explicit
 //! `BEANS_SKIP_CASSANDRA=1` (a quick local run by hand) turns them into a loud skip.
 
-#![allow(dead_code)] // each test binary uses a different part
-
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use beansdb_cassandra::scylla;
-use beansdb_cassandra::{
-    connect, release_version, schema, CassandraConfig, CassandraStore, Secret, StoreOptions,
+use crate::{
+    connect, release_version, schema, scylla, CassandraConfig, CassandraStore, Secret, StoreOptions,
 };
 
 pub const KEYSPACE: &str = "doubandb";
@@ -186,5 +184,5 @@ pub async fn store(c: &Cluster, table: &str) -> CassandraStore {
 
 /// A key prefix unique to this test and run, so reruns against a kept node never collide.
 pub fn prefix(test: &str) -> String {
-    format!("/{test}/{}/", beansdb_cassandra::now_micros())
+    format!("/{test}/{}/", crate::now_micros())
 }
