@@ -185,64 +185,68 @@ impl CstarCtx<'_> {
                 };
             }
         }
-        self.touched.cstar = true;
-        let store = match self.store(&key) {
-            Ok(s) => s.clone(),
-            Err(e) => return self.failed(&e),
+        let c = self.cstar.clone();
+        let w = LiveWrite {
+            key: &key,
+            flag,
+            exptime,
+            body: &body.data,
         };
-        let dual = status.beansdb_write();
-        let deadline = if dual {
-            CStar::dual_deadline(self.deadline)
-        } else {
-            self.deadline
-        };
-        let r = self
-            .cstar
-            .write(
-                &store,
-                LiveWrite {
-                    key: &key,
-                    flag,
-                    exptime,
-                    body: &body.data,
-                },
-                ts,
-                deadline,
-            )
-            .await;
-        drop(body);
-        match r {
-            Ok(()) => Reply::Static(resp::STORED),
-            Err(e) if dual => {
-                self.touched.cstar_failed = true;
-                self.cstar
-                    .dual_write_failed(DualOp::Set, &key, status, ts, &e);
-                match status {
-                    Status::BrwCw => Reply::Static(resp::STORED),
-                    _ if cut_short(deadline, &e) => Reply::Static(resp::SERVER_ERROR_TIMEOUT),
-                    _ => Reply::Text(error_reply(&e)),
-                }
-            }
-            Err(e) => self.failed(&e),
-        }
+        self.cstar_half(
+            DualOp::Set,
+            status,
+            &key,
+            ts,
+            resp::STORED,
+            |store, dl| async move { c.write(&store, w, ts, dl).await },
+        )
+        .await
     }
 
     /// delete of a valid key whose status writes C* (§5.2).
     pub async fn delete(&mut self, ex: &mut Exec<'_>, status: Status, key: Bytes) -> Reply {
         let ts = self.cstar.next_ts();
-        let mut beansdb_reply = Reply::Static(resp::DELETED);
+        // crw cannot tell whether the row existed: DELETED, as gobeansproxy.
+        let mut beansdb_reply = resp::DELETED;
         if status.beansdb_write() {
             self.touched.beansdb = true;
-            let r = ex.delete(key.clone()).await;
-            let found =
-                matches!(&r, Reply::Static(s) if *s == resp::DELETED || *s == resp::NOT_FOUND);
-            if !found {
-                return Reply::Static(resp::SERVER_ERROR_DELETE_FAILED);
-            }
-            beansdb_reply = r;
+            beansdb_reply = match ex.delete(key.clone()).await {
+                Reply::Static(s) if s == resp::DELETED || s == resp::NOT_FOUND => s,
+                _ => return Reply::Static(resp::SERVER_ERROR_DELETE_FAILED),
+            };
         }
+        let c = self.cstar.clone();
+        let k = key.clone();
+        self.cstar_half(
+            DualOp::Del,
+            status,
+            &key,
+            ts,
+            beansdb_reply,
+            |store, dl| async move { c.remove(&store, &k, ts, dl).await },
+        )
+        .await
+    }
+
+    /// The C* statement of a write. In a dual status (beansdb already succeeded) it must end
+    /// 100 ms before the deadline, and a failure is logged; brw_cw then still answers `ok`
+    /// (beansdb is the source of truth), bw_crw answers the C* error. In crw the C* result is
+    /// the reply.
+    async fn cstar_half<F, Fut>(
+        &mut self,
+        op: DualOp,
+        status: Status,
+        key: &[u8],
+        ts: i64,
+        ok: &'static [u8],
+        stmt: F,
+    ) -> Reply
+    where
+        F: FnOnce(beansdb_cassandra::CassandraStore, Instant) -> Fut,
+        Fut: std::future::Future<Output = Result<(), CassandraError>>,
+    {
         self.touched.cstar = true;
-        let store = match self.store(&key) {
+        let store = match self.store(key) {
             Ok(s) => s.clone(),
             Err(e) => return self.failed(&e),
         };
@@ -252,15 +256,13 @@ impl CstarCtx<'_> {
         } else {
             self.deadline
         };
-        match self.cstar.remove(&store, &key, ts, deadline).await {
-            // crw cannot tell whether the row existed: DELETED, as gobeansproxy.
-            Ok(()) => beansdb_reply,
+        match stmt(store, deadline).await {
+            Ok(()) => Reply::Static(ok),
             Err(e) if dual => {
                 self.touched.cstar_failed = true;
-                self.cstar
-                    .dual_write_failed(DualOp::Del, &key, status, ts, &e);
+                self.cstar.dual_write_failed(op, key, status, ts, &e);
                 match status {
-                    Status::BrwCw => beansdb_reply,
+                    Status::BrwCw => Reply::Static(ok),
                     _ if cut_short(deadline, &e) => Reply::Static(resp::SERVER_ERROR_TIMEOUT),
                     _ => Reply::Text(error_reply(&e)),
                 }

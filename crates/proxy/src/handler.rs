@@ -573,6 +573,12 @@ impl Proxy {
         // With the beansdb-only snapshot every key reads and writes beansdb, so the C*
         // branches below are reached only when the backend exists.
         let cstar = self.cstar.as_ref();
+        let cstar_ctx = |cstar, touched| CstarCtx {
+            cstar,
+            snap,
+            deadline,
+            touched,
+        };
         let reply = match (cmd, cstar) {
             (Command::Get { keys, gets }, _) if keys.iter().all(|k| beansdb_reads(k)) => {
                 if !snap.beansdb {
@@ -593,12 +599,7 @@ impl Proxy {
                 reply
             }
             (Command::Get { keys, gets }, Some(c)) => {
-                let mut ctx = CstarCtx {
-                    cstar: c,
-                    snap,
-                    deadline,
-                    touched: &mut *touched,
-                };
+                let mut ctx = cstar_ctx(c, &mut *touched);
                 let reply = if keys.len() == 1 {
                     ctx.get(keys[0].clone(), *gets).await
                 } else {
@@ -653,13 +654,9 @@ impl Proxy {
                     }
                     (Status::Cr, _) => Reply::Static(resp::NOT_STORED),
                     (st, Some(c)) => {
-                        let mut ctx = CstarCtx {
-                            cstar: c,
-                            snap,
-                            deadline,
-                            touched: &mut *touched,
-                        };
-                        ctx.set(&mut ex, st, key.clone(), *flag, *exptime, b).await
+                        cstar_ctx(c, &mut *touched)
+                            .set(&mut ex, st, key.clone(), *flag, *exptime, b)
+                            .await
                     }
                     (_, None) => Reply::Static(resp::SERVER_ERROR_INTERNAL),
                 }
@@ -671,13 +668,9 @@ impl Proxy {
                 }
                 (Status::Cr, _) => Reply::Static(resp::NOT_FOUND),
                 (st, Some(c)) => {
-                    let mut ctx = CstarCtx {
-                        cstar: c,
-                        snap,
-                        deadline,
-                        touched: &mut *touched,
-                    };
-                    ctx.delete(&mut ex, st, key.clone()).await
+                    cstar_ctx(c, &mut *touched)
+                        .delete(&mut ex, st, key.clone())
+                        .await
                 }
                 (_, None) => Reply::Static(resp::SERVER_ERROR_INTERNAL),
             },
