@@ -57,3 +57,76 @@ def shared_fixture():
     if not os.path.isfile(os.path.join(path, "expected.json")):
         pytest.fail("shared gobeansdb fixture missing: %s" % path)
     return path
+
+
+# ----- Cassandra (cassandra.md; harness in cstar.py)
+
+
+@pytest.fixture(scope="session")
+def cstar():
+    """The test Cassandra as a superuser session. Unreachable is a FAILURE; only
+    BEANS_SKIP_CASSANDRA=1 (set by hand for a quick local run) skips, loudly."""
+    import cstar as cstar_mod
+    if cstar_mod.skip_requested():
+        sys.stderr.write("\n*** BEANS_SKIP_CASSANDRA=1: SKIPPING the Cassandra tests ***\n")
+        pytest.skip("BEANS_SKIP_CASSANDRA=1: Cassandra tests skipped by request")
+    try:
+        native, cdir = cstar_mod.locate()
+        cs = cstar_mod.Cstar(native, cdir)
+        cs.ensure_role(cstar_mod.TEST_ROLE, cstar_mod.TEST_ROLE_PASSWORD)
+    except cstar_mod.CassandraUnavailable as e:
+        pytest.fail("Cassandra unavailable: %s" % e)
+    yield cs
+    cs.close()
+
+
+@pytest.fixture(scope="module")
+def cstar_keyspace(cstar):
+    """A fresh keyspace per test module with the schema of cassandra.md §2; dropped afterwards."""
+    ks = cstar.create_keyspace()
+    yield ks
+    cstar.resume()
+    try:
+        cstar.drop_keyspace(ks)
+    except Exception as e:  # noqa: BLE001 - a failed drop must not hide the test result
+        sys.stderr.write("warning: could not drop keyspace %s: %s\n" % (ks, e))
+
+
+@pytest.fixture
+def cstar_pause(cstar):
+    """`with cstar_pause():` SIGSTOPs Cassandra for the block; SIGCONT is guaranteed."""
+    yield cstar.paused
+    cstar.resume()
+
+
+@pytest.fixture(scope="module")
+def cstar_cluster_factory(cstar, cstar_keyspace, node_binary, tmp_path_factory):
+    """make(**kw) -> started cstar.CstarCluster (see its arguments); all stopped at module end."""
+    import cstar as cstar_mod
+    import proxyproc
+    proxy_bin = proxyproc.find_proxy_binary()
+    if proxy_bin is None:
+        pytest.fail("beansproxy binary missing: cargo build -p beansdb-proxy")
+    made = []
+
+    def make(start=True, **kw):
+        workdir = str(tmp_path_factory.mktemp("cstar_cluster"))
+        c = cstar_mod.CstarCluster(cstar, cstar_keyspace, node_binary, proxy_bin, workdir, **kw)
+        made.append(c)
+        if start:
+            c.start()
+        return c
+
+    yield make
+    cstar.resume()
+    for c in made:
+        c.stop()
+
+
+@pytest.fixture(scope="session")
+def ctl_binary():
+    import cstar as cstar_mod
+    path = cstar_mod.find_ctl_binary()
+    if path is None:
+        pytest.fail("beansctl binary missing (set BEANSCTL_BIN or cargo build --bins)")
+    return path

@@ -1,6 +1,7 @@
 """beansproxy on a production-shaped cluster: 5 real beansdb mains (16 buckets, 3 mains each,
 spread so that no node holds every bucket) + 1 backup, N=3 W=2 R=1 (proxy.md §4, §8)."""
 
+import json
 import os
 import random
 import socket
@@ -554,11 +555,17 @@ def test_admin_endpoints_and_logs(cl):
                  "beansproxy_host_up", "process_resident_memory_bytes"):
         assert name in metrics, name
     assert 'cmd="getm"' in metrics and 'store="beansdb"' in metrics
-    status, body = p.http("/cstar-cfg")
-    assert body == b"cassandra is disabled"
-    with open(p.accesslog) as f:
-        lines = f.read().splitlines()
-    getm = [ln for ln in lines if " GETM " in ln and ln.endswith(" adm:1 adm:none adm:1")]
+    status, body = p.http("/cstar-cfg?config=rwswitcher")
+    assert status == 400 and json.loads(body)["error"] == "cassandra is disabled"
+    # Access-log lines are buffered for at most 200 ms.
+    deadline = time.time() + 3
+    while True:
+        with open(p.accesslog) as f:
+            lines = f.read().splitlines()
+        getm = [ln for ln in lines if " GETM " in ln and ln.endswith(" adm:1 adm:none adm:1")]
+        if getm or time.time() > deadline:
+            break
+        time.sleep(0.05)
     assert getm, lines[-5:]
     f = getm[-1].split(" ")
     assert f[2] == "V1" and f[5] == "SUCC" and f[6] == "3,0,3"

@@ -211,11 +211,25 @@ impl CassandraStore {
         body: &[u8],
         write_ts_micros: i64,
     ) -> Result<(), CassandraError> {
+        self.set_cas(key, flag, exptime, 0, body, write_ts_micros)
+            .await
+    }
+
+    /// [`Self::set`] of a `cas` command: `cas` is the low 32 bits of its unique value.
+    pub async fn set_cas(
+        &self,
+        key: &[u8],
+        flag: u32,
+        exptime: i32,
+        cas: u32,
+        body: &[u8],
+        write_ts_micros: i64,
+    ) -> Result<(), CassandraError> {
         let udt = UdtOut {
             rtime: CqlTimestamp(write_ts_micros.div_euclid(1000)),
             flag: flag as i32,
             exptime,
-            cas: 0,
+            cas: cas as i32,
             body,
         };
         self.insert(key, udt, write_ts_micros).await

@@ -84,6 +84,21 @@ pub fn encode_set_header<B: BufMut>(
     len: usize,
     noreply: bool,
 ) -> Result<(), EncodeError> {
+    encode_set_header_cas(out, kind, key, flag, exptime, len, noreply, 0)
+}
+
+/// [`encode_set_header`] with the unique value a `cas` command carries.
+#[allow(clippy::too_many_arguments)]
+pub fn encode_set_header_cas<B: BufMut>(
+    out: &mut B,
+    kind: SetKind,
+    key: &[u8],
+    flag: u32,
+    exptime: i32,
+    len: usize,
+    noreply: bool,
+    cas: u64,
+) -> Result<(), EncodeError> {
     check_token(key)?;
     out.put_slice(kind.name().as_bytes());
     out.put_u8(b' ');
@@ -95,7 +110,8 @@ pub fn encode_set_header<B: BufMut>(
     out.put_u8(b' ');
     put_u64(out, len as u64);
     if kind == SetKind::Cas {
-        out.put_slice(b" 0");
+        out.put_u8(b' ');
+        put_u64(out, cas);
     }
     put_noreply(out, noreply);
     Ok(())
@@ -185,7 +201,7 @@ pub fn encode_version<B: BufMut>(out: &mut B) {
 }
 
 /// Encodes any [`Command`]; decoding the output gives the same command back (a `decr`
-/// carries delta 1, a `cas` carries cas 0).
+/// carries delta 1).
 pub fn encode_command<B: BufMut>(out: &mut B, cmd: &Command) -> Result<(), EncodeError> {
     match cmd {
         Command::Get { keys, gets: false } => encode_get(out, keys),
@@ -197,7 +213,22 @@ pub fn encode_command<B: BufMut>(out: &mut B, cmd: &Command) -> Result<(), Encod
             exptime,
             value,
             noreply,
-        } => encode_set(out, *kind, key, *flag, *exptime, value, *noreply),
+            cas,
+        } => {
+            encode_set_header_cas(
+                out,
+                *kind,
+                key,
+                *flag,
+                *exptime,
+                value.len(),
+                *noreply,
+                *cas,
+            )?;
+            out.put_slice(value);
+            out.put_slice(b"\r\n");
+            Ok(())
+        }
         Command::Delete { key, noreply } => encode_delete(out, key, *noreply),
         Command::Incr {
             key,

@@ -13,7 +13,7 @@ use crate::response::{
     CLIENT_ERROR_KEY_LENGTH, CLIENT_ERROR_LINE_TOO_LONG, CLIENT_ERROR_VALUE_TOO_LARGE, ERROR,
 };
 use crate::{
-    parse_i64, tokens, DEFAULT_BODY_MAX, DEFAULT_MAX_KEY_LEN, DISCARD_LIMIT, MAX_LINE,
+    parse_i64, parse_u64, tokens, DEFAULT_BODY_MAX, DEFAULT_MAX_KEY_LEN, DISCARD_LIMIT, MAX_LINE,
     MAX_WRITE_KEY_LEN,
 };
 
@@ -69,8 +69,9 @@ pub enum Command {
         gets: bool,
     },
     /// The set family, `append` and `prepend`. `flag` is the low 32 bits of the token,
-    /// `exptime` (the beansdb version) its low 32 bits read as i32. A `cas` token is checked
-    /// to be an integer and otherwise ignored (beansdb semantics).
+    /// `exptime` (the beansdb version) its low 32 bits read as i32. `cas` is the unique value
+    /// of a `cas` command (0 for the other kinds): beansdb ignores it, the proxy stores it in
+    /// Cassandra's `cas` column.
     Set {
         kind: SetKind,
         key: Bytes,
@@ -78,6 +79,7 @@ pub enum Command {
         exptime: i32,
         value: Bytes,
         noreply: bool,
+        cas: u64,
     },
     Delete {
         key: Bytes,
@@ -185,6 +187,8 @@ pub struct PendingBody {
     pub flag: u32,
     pub exptime: i32,
     pub noreply: bool,
+    /// The `cas` command's unique value, else 0.
+    pub cas: u64,
     /// Announced `<bytes>`.
     pub len: usize,
     /// Body bytes (at most `len`) that were in the buffer at the end of the last `decode`.
@@ -278,6 +282,7 @@ impl RequestDecoder {
                         exptime: pending.exptime,
                         value,
                         noreply: pending.noreply,
+                        cas: pending.cas,
                     });
                 }
                 State::Line { mut scanned } => {
@@ -450,10 +455,16 @@ impl RequestDecoder {
         if bytes < 0 || bytes as u64 > self.config.body_max as u64 {
             return Some(self.refuse(refusal, CLIENT_ERROR_VALUE_TOO_LARGE));
         }
+        let mut cas = 0;
         let noreply_tok = if kind == SetKind::Cas {
-            // The cas value is ignored but must be present and numeric.
-            match cas_or_noreply.map(|t| parse_i64(t)) {
-                Some(Some(_)) => extra,
+            // The cas value must be present and numeric.
+            // memcached's unique is a u64; a negative token is kept as its bit pattern.
+            let parse = |t: &&[u8]| parse_u64(t).or_else(|| parse_i64(t).map(|v| v as u64));
+            match cas_or_noreply.map(parse) {
+                Some(Some(v)) => {
+                    cas = v;
+                    extra
+                }
                 _ => return Some(self.refuse(refusal, CLIENT_ERROR_INVALID_CMD)),
             }
         } else {
@@ -474,6 +485,7 @@ impl RequestDecoder {
             flag: flag as u32,
             exptime: exptime as i32,
             noreply,
+            cas,
             len,
             buffered: 0,
         });

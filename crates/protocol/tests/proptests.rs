@@ -154,6 +154,7 @@ fn command() -> impl Strategy<Value = Command> {
                 exptime,
                 value: Bytes::from(value),
                 noreply,
+                cas: if kind == SetKind::Cas { 7 } else { 0 },
             }),
         (key(), any::<bool>()).prop_map(|(key, noreply)| Command::Delete { key, noreply }),
         (key(), any::<i64>(), any::<bool>()).prop_map(|(key, delta, noreply)| Command::Incr {

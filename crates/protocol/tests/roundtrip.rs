@@ -82,6 +82,7 @@ fn every_command() -> Vec<Command> {
                 exptime: i32::MIN,
                 value: b(b"line1\r\nline2\r\nEND\r\n"),
                 noreply,
+                cas: if kind == SetKind::Cas { u64::MAX } else { 0 },
             });
         }
     }
@@ -92,6 +93,7 @@ fn every_command() -> Vec<Command> {
         exptime: -1,
         value: Bytes::new(),
         noreply: false,
+        cas: 0,
     });
     cmds
 }

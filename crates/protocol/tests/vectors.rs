@@ -42,6 +42,7 @@ fn storage(
         exptime,
         value: b(value),
         noreply,
+        cas: 0,
     })
 }
 
@@ -254,13 +255,33 @@ fn seven_tokens_with_bad_noreply() {
 
 #[test]
 fn valid_storage_forms() {
+    let with_cas = |d: Decoded| match d {
+        Decoded::Request(Command::Set {
+            kind,
+            key,
+            flag,
+            exptime,
+            value,
+            noreply,
+            ..
+        }) => Decoded::Request(Command::Set {
+            kind,
+            key,
+            flag,
+            exptime,
+            value,
+            noreply,
+            cas: 99,
+        }),
+        other => other,
+    };
     assert_eq!(
         check(b"cas k 1 2 2 99 noreply\r\nab\r\n"),
-        vec![storage(SetKind::Cas, b"k", 1, 2, b"ab", true)]
+        vec![with_cas(storage(SetKind::Cas, b"k", 1, 2, b"ab", true))]
     );
     assert_eq!(
         check(b"cas k 1 2 2 99\r\nab\r\n"),
-        vec![storage(SetKind::Cas, b"k", 1, 2, b"ab", false)]
+        vec![with_cas(storage(SetKind::Cas, b"k", 1, 2, b"ab", false))]
     );
     // gobeansdb accepts (and ignores) a 7th token after `noreply`.
     assert_eq!(

@@ -674,7 +674,7 @@ impl CStar {
         ts_us: i64,
         deadline: Instant,
     ) -> Result<(), CassandraError> {
-        let fut = store.set(w.key, w.flag, w.exptime, w.body, ts_us);
+        let fut = store.set_cas(w.key, w.flag, w.exptime, w.cas, w.body, ts_us);
         timed(Op::Insert, deadline, self.write_timeout, fut).await
     }
 
@@ -758,6 +758,8 @@ pub struct LiveWrite<'a> {
     pub key: &'a [u8],
     pub flag: u32,
     pub exptime: i32,
+    /// Low 32 bits of a `cas` command's unique value, else 0.
+    pub cas: u32,
     pub body: &'a [u8],
 }
 

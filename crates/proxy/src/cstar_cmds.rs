@@ -81,6 +81,15 @@ fn cut_short(dual_deadline: Instant, e: &CassandraError) -> bool {
     e.kind() == ErrorKind::Timeout && Instant::now() >= dual_deadline
 }
 
+/// A storage command's fields.
+pub struct SetRequest {
+    pub key: Bytes,
+    pub flag: u32,
+    pub exptime: i32,
+    pub cas: u64,
+    pub body: Arc<Body>,
+}
+
 pub struct CstarCtx<'a> {
     pub cstar: &'a Arc<CStar>,
     pub snap: &'a Dispatch,
@@ -164,15 +173,14 @@ impl CstarCtx<'_> {
     }
 
     /// set / add / replace / cas of a valid key whose status writes C* (§5.2).
-    pub async fn set(
-        &mut self,
-        ex: &mut Exec<'_>,
-        status: Status,
-        key: Bytes,
-        flag: u32,
-        exptime: i32,
-        body: Arc<Body>,
-    ) -> Reply {
+    pub async fn set(&mut self, ex: &mut Exec<'_>, status: Status, req: SetRequest) -> Reply {
+        let SetRequest {
+            key,
+            flag,
+            exptime,
+            cas,
+            body,
+        } = req;
         let ts = self.cstar.next_ts();
         if status.beansdb_write() {
             self.touched.beansdb = true;
@@ -190,6 +198,8 @@ impl CstarCtx<'_> {
             key: &key,
             flag,
             exptime,
+            // The column is an int: the low 32 bits (cassandra.md §2.1).
+            cas: cas as u32,
             body: &body.data,
         };
         self.cstar_half(

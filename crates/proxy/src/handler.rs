@@ -26,7 +26,7 @@ use crate::buffers::{track, BufKind, Tracked};
 use crate::cluster::Cluster;
 use crate::config::{ms, Config};
 use crate::cstar::CStar;
-use crate::cstar_cmds::{beansdb_only_key, merge_in_order, CstarCtx, Touched};
+use crate::cstar_cmds::{beansdb_only_key, merge_in_order, CstarCtx, SetRequest, Touched};
 use crate::limiter::Limiter;
 use crate::metrics;
 use crate::nwr::{Background, Body, Exec, Reply, Targets};
@@ -640,6 +640,7 @@ impl Proxy {
                     key,
                     flag,
                     exptime,
+                    cas,
                     ..
                 },
                 c,
@@ -655,7 +656,17 @@ impl Proxy {
                     (Status::Cr, _) => Reply::Static(resp::NOT_STORED),
                     (st, Some(c)) => {
                         cstar_ctx(c, &mut *touched)
-                            .set(&mut ex, st, key.clone(), *flag, *exptime, b)
+                            .set(
+                                &mut ex,
+                                st,
+                                SetRequest {
+                                    key: key.clone(),
+                                    flag: *flag,
+                                    exptime: *exptime,
+                                    cas: *cas,
+                                    body: b,
+                                },
+                            )
                             .await
                     }
                     (_, None) => Reply::Static(resp::SERVER_ERROR_INTERNAL),

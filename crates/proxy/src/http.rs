@@ -268,6 +268,10 @@ async fn cstar_cfg(
         let code = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
         (code, json_response(json!({"message": "", "error": msg}))).into_response()
     };
+    let proxy = &st.0.proxy;
+    let Some(c) = proxy.cstar.clone() else {
+        return fail(400, "cassandra is disabled".into());
+    };
     let Some(which) = query
         .get("config")
         .and_then(|c| beansdb_cassandra::Dispatcher::parse_label(c))
@@ -276,10 +280,6 @@ async fn cstar_cfg(
             400,
             "unsupported config query arg, must be: tablefinder/rwswitcher".into(),
         );
-    };
-    let proxy = &st.0.proxy;
-    let Some(c) = proxy.cstar.clone() else {
-        return fail(400, "cassandra is disabled".into());
     };
     let r = match method {
         Method::GET => {

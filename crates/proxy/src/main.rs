@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use beansdb_proxy::config::{errorlog_hint, Config};
 use beansdb_proxy::logging::{self, ErrorLog};
-use beansdb_proxy::server::{self, Stopped};
+use beansdb_proxy::server::{self, ServeError, Stopped};
 
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
@@ -135,6 +135,13 @@ fn main() -> ExitCode {
         Ok(Stopped::Clean) => ExitCode::SUCCESS,
         Ok(Stopped::DrainTimeout) => ExitCode::from(1),
         Err(e) => {
+            if e.downcast_ref::<ServeError>()
+                .is_some_and(ServeError::is_config)
+            {
+                tracing::error!("{e}");
+                eprintln!("{e}");
+                return ExitCode::from(2);
+            }
             tracing::error!("{e:#}");
             eprintln!("beansproxy: {e:#}");
             ExitCode::from(1)

@@ -38,8 +38,19 @@ pub enum ServeError {
     },
     #[error("dstore is disabled and no other backend is available")]
     NoBackend,
-    #[error("{0}")]
+    #[error(transparent)]
     Cassandra(#[from] crate::cstar::StartError),
+}
+
+impl ServeError {
+    /// A configuration problem found only at startup (e.g. a config-table row that clashes
+    /// with proxy.yaml): exit 2 like the other config errors.
+    pub fn is_config(&self) -> bool {
+        matches!(
+            self,
+            ServeError::Cassandra(crate::cstar::StartError::Invalid(_))
+        )
+    }
 }
 
 /// How the proxy stopped.
@@ -203,6 +214,9 @@ pub async fn serve(cfg: Config, log: ErrorLog) -> Result<Stopped, ServeError> {
         let _ = web_task.await;
     })
     .await;
+    if let Some(a) = &proxy.access {
+        a.flush();
+    }
     match drained {
         Ok(()) => {
             info!("shutdown complete");
