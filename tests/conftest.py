@@ -16,6 +16,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import nodeproc  # noqa: E402
+import proxyproc  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -48,6 +49,15 @@ def node_factory(node_binary, tmp_path):
     yield start
     for node in nodes:
         node.stop()
+
+
+@pytest.fixture(scope="session")
+def proxy_binary():
+    """The beansproxy binary; missing is a failure, never a skip."""
+    b = proxyproc.find_proxy_binary()
+    if b is None:
+        pytest.fail("beansproxy binary missing: cargo build -p beansdb-proxy")
+    return b
 
 
 @pytest.fixture(scope="session")

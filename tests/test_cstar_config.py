@@ -31,11 +31,8 @@ WRONG = "Wr0ng-beans-pw-Q7"
 
 
 @pytest.fixture(scope="module")
-def proxy_bin():
-    b = proxyproc.find_proxy_binary()
-    if b is None:
-        pytest.fail("beansproxy binary missing: cargo build -p beansdb-proxy")
-    return b
+def proxy_bin(proxy_binary):
+    return proxy_binary
 
 
 @pytest.fixture(scope="module")

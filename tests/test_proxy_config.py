@@ -20,11 +20,8 @@ backup: [127.0.0.1:7960]
 
 
 @pytest.fixture(scope="module")
-def binary():
-    b = proxyproc.find_proxy_binary()
-    if b is None:
-        pytest.fail("beansproxy binary missing: cargo build -p beansdb-proxy")
-    return b
+def binary(proxy_binary):
+    return proxy_binary
 
 
 @pytest.fixture(scope="module")

@@ -255,25 +255,11 @@ fn seven_tokens_with_bad_noreply() {
 
 #[test]
 fn valid_storage_forms() {
-    let with_cas = |d: Decoded| match d {
-        Decoded::Request(Command::Set {
-            kind,
-            key,
-            flag,
-            exptime,
-            value,
-            noreply,
-            ..
-        }) => Decoded::Request(Command::Set {
-            kind,
-            key,
-            flag,
-            exptime,
-            value,
-            noreply,
-            cas: 99,
-        }),
-        other => other,
+    let with_cas = |mut d: Decoded| {
+        if let Decoded::Request(Command::Set { cas, .. }) = &mut d {
+            *cas = 99;
+        }
+        d
     };
     assert_eq!(
         check(b"cas k 1 2 2 99 noreply\r\nab\r\n"),
