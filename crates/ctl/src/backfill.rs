@@ -14,12 +14,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
-use beansdb_cassandra::BdbValue;
-use beansdb_client::ClientConfig;
-use beansdb_protocol::is_valid_write_key;
 use clap::Args;
-use parking_lot::Mutex;
 use serde::Serialize;
 use serde_json::json;
 
@@ -27,13 +22,13 @@ use self::checkpoint::{Checkpoint, DONE};
 use crate::cli::GlobalOpts;
 use crate::error::{exit, CliError, CliResult};
 use crate::interrupt::Interrupt;
-use crate::migrate::cstar::{self, CstarArgs, CstarTarget, MapSource};
+use crate::migrate::cstar::{self, CstarArgs, CstarTarget};
 use crate::migrate::nodes::Pool;
-use crate::migrate::walk::{self, BucketEnd, RecordSink, WalkPosition};
-use crate::migrate::{key_text, record_ts_micros, Counter, Failures, RecordRate};
-use crate::output::Progress;
+use crate::migrate::walk::{self, BucketEnd, RecordSink, WalkProgress};
+use crate::migrate::{
+    key_text, record_row, record_ts_micros, select, Counter, Failures, RecordRate, Selection, Skips,
+};
 use crate::sync::wire::KeyLine;
-use crate::units::hms;
 
 /// Checkpoint writes are at most this frequent (and once at exit).
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(5);
@@ -79,12 +74,10 @@ pub struct BackfillArgs {
 struct Counters {
     scanned: Counter,
     matched: Counter,
-    unmatched: Counter,
+    skips: Skips,
     vanished: Counter,
     written: Counter,
     deleted: Counter,
-    skipped_status: Counter,
-    invalid_key: Counter,
     errors: Counter,
 }
 
@@ -129,10 +122,7 @@ impl RecordSink for Ctx {
     async fn process(&self, source: &str, line: KeyLine) -> bool {
         let c = &self.counters;
         c.scanned.inc();
-        let mut conn = self.pool.take(source);
-        let fetched = walk::fetch(&mut conn, line.khash).await;
-        self.pool.put(conn);
-        let rec = match fetched {
+        let rec = match walk::fetch(&self.pool, source, line.khash).await {
             Ok(Some(r)) => r,
             Ok(None) => {
                 c.vanished.inc();
@@ -143,21 +133,11 @@ impl RecordSink for Ctx {
                 return false;
             }
         };
-        if !self
-            .prefixes
-            .iter()
-            .any(|p| rec.key.starts_with(p.as_bytes()))
-        {
-            c.unmatched.inc();
-            return true;
+        let selection = select(&self.prefixes, &self.target, &rec.key);
+        if selection != Selection::Unmatched {
+            c.matched.inc();
         }
-        c.matched.inc();
-        if !is_valid_write_key(&rec.key) {
-            c.invalid_key.inc();
-            return true;
-        }
-        if !self.target.status_ok(&rec.key) {
-            c.skipped_status.inc();
+        if c.skips.count(selection) {
             return true;
         }
         if rec.ver == 0 {
@@ -181,13 +161,7 @@ impl RecordSink for Ctx {
         };
         let ts_us = record_ts_micros(rec.ts, 0);
         let res = if rec.ver > 0 {
-            let v = BdbValue {
-                rtime_ms: i64::from(rec.ts) * 1000,
-                flag: rec.flag,
-                exptime: 0,
-                cas: 0,
-                body: rec.value,
-            };
+            let v = record_row(rec.flag, rec.ts, rec.value);
             store
                 .set_value(&rec.key, &v, ts_us)
                 .await
@@ -210,12 +184,7 @@ impl RecordSink for Ctx {
 
 /// Entry point of `beansctl backfill`; returns the exit code.
 pub fn run(args: BackfillArgs, g: &GlobalOpts) -> CliResult<u8> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")
-        .map_err(CliError::runtime)?;
-    rt.block_on(run_async(args, g))
+    crate::cli::block_on(run_async(args, g))
 }
 
 /// Sorted, deduplicated, non-empty prefixes (the checkpoint name depends on this order).
@@ -262,18 +231,8 @@ async fn run_async(args: BackfillArgs, g: &GlobalOpts) -> CliResult<u8> {
         Checkpoint::new(&prefixes, route.numbucket)
     };
 
-    let maps = if resolved.from_proxy_config {
-        MapSource::Config
-    } else {
-        MapSource::None
-    };
-    let target = CstarTarget::open(&resolved, maps).await?;
-    let pool = Arc::new(Pool::new(
-        &route,
-        ClientConfig::default()
-            .connect_timeout(g.connect_timeout)
-            .timeout(Some(g.timeout)),
-    ));
+    let target = CstarTarget::open(&resolved, resolved.own_maps()).await?;
+    let pool = Arc::new(Pool::new(&route, g.client_config()));
     let ctx = Arc::new(Ctx {
         target,
         pool: pool.clone(),
@@ -288,46 +247,23 @@ async fn run_async(args: BackfillArgs, g: &GlobalOpts) -> CliResult<u8> {
     let base = cp.counters.clone();
 
     let interrupt = Interrupt::install();
-    let progress = Arc::new(Progress::new_raw("backfill", g));
-    let position = Arc::new(WalkPosition::default());
-    let current = Arc::new(Mutex::new(0usize));
-    let start = Instant::now();
     let n = buckets.len();
-    let ticker = {
-        let (ctx, progress, position, current) = (
-            ctx.clone(),
-            progress.clone(),
-            position.clone(),
-            current.clone(),
-        );
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_millis(250)).await;
-                let c = &ctx.counters;
-                let secs = start.elapsed().as_secs_f64().max(0.001);
-                let done_writes = c.written.get() + c.deleted.get();
-                let i = *current.lock();
-                progress.update(
-                    i as u64,
-                    n as u64,
-                    &format!(
-                        "backfill: bucket {}/{n} path {} scanned={} matched={} written={} \
-                         deleted={} skipped={} errors={} rate={:.0}/s elapsed={}",
-                        (i + 1).min(n),
-                        position.path.lock(),
-                        c.scanned.get(),
-                        c.matched.get(),
-                        c.written.get(),
-                        c.deleted.get(),
-                        c.skipped_status.get() + c.invalid_key.get(),
-                        c.errors.get(),
-                        done_writes as f64 / secs,
-                        hms(start.elapsed()),
-                    ),
-                );
-            }
-        })
-    };
+    let progress = WalkProgress::start("backfill", g, n, {
+        let ctx = ctx.clone();
+        move || {
+            let c = &ctx.counters;
+            let counts = format!(
+                "scanned={} matched={} written={} deleted={} skipped={} errors={}",
+                c.scanned.get(),
+                c.matched.get(),
+                c.written.get(),
+                c.deleted.get(),
+                c.skips.status.get() + c.skips.invalid_key.get(),
+                c.errors.get(),
+            );
+            (counts, c.written.get() + c.deleted.get())
+        }
+    });
 
     let mut last_save = Instant::now();
     let mut unreachable = 0usize;
@@ -352,7 +288,7 @@ async fn run_async(args: BackfillArgs, g: &GlobalOpts) -> CliResult<u8> {
         if interrupt.fired() {
             break;
         }
-        *current.lock() = i;
+        progress.at_bucket(i);
         let hexid = route.bucket_hex(b);
         if cp.is_done(&hexid) {
             continue;
@@ -367,7 +303,7 @@ async fn run_async(args: BackfillArgs, g: &GlobalOpts) -> CliResult<u8> {
             args.concurrency as usize,
             ctx.as_ref(),
             &interrupt,
-            &position,
+            &progress.position,
             |path, clean| {
                 // A listing with a failed record ends this bucket's progress: resume redoes it.
                 progressing &= clean;
@@ -395,7 +331,6 @@ async fn run_async(args: BackfillArgs, g: &GlobalOpts) -> CliResult<u8> {
         }
     }
     save(&mut cp, &ctx, &mut save_error);
-    ticker.abort();
     progress.finish();
     if let Some(e) = &save_error {
         eprintln!("error: {e}");
@@ -406,7 +341,7 @@ async fn run_async(args: BackfillArgs, g: &GlobalOpts) -> CliResult<u8> {
         .iter()
         .filter(|&&b| cp.is_done(&route.bucket_hex(b)))
         .count();
-    let elapsed = start.elapsed().as_secs_f64();
+    let elapsed = progress.start.elapsed().as_secs_f64();
     let failures = ctx.failures.snapshot();
     if g.json {
         let doc = json!({
@@ -415,12 +350,12 @@ async fn run_async(args: BackfillArgs, g: &GlobalOpts) -> CliResult<u8> {
             "matched": c.matched.get(),
             "written": c.written.get(),
             "deleted": c.deleted.get(),
-            "skipped_status": c.skipped_status.get(),
-            "invalid_key": c.invalid_key.get(),
+            "skipped_status": c.skips.status.get(),
+            "invalid_key": c.skips.invalid_key.get(),
             "errors": c.errors.get(),
             "failures": failures,
             "elapsed_s": (elapsed * 1000.0).round() / 1000.0,
-            "unmatched": c.unmatched.get(),
+            "unmatched": c.skips.unmatched.get(),
             "vanished": c.vanished.get(),
             "buckets": n,
             "dry_run": args.dry_run,
@@ -438,8 +373,8 @@ async fn run_async(args: BackfillArgs, g: &GlobalOpts) -> CliResult<u8> {
             c.matched.get(),
             c.written.get(),
             c.deleted.get(),
-            c.skipped_status.get(),
-            c.invalid_key.get(),
+            c.skips.status.get(),
+            c.skips.invalid_key.get(),
             c.errors.get(),
         );
         if !args.dry_run {

@@ -15,8 +15,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
-use beansdb_client::{Client, ClientConfig};
+use beansdb_client::Client;
 use clap::{Args, ValueEnum};
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, watch};
@@ -167,19 +166,12 @@ fn validate(a: &BenchArgs) -> CliResult<()> {
 /// Entry point of `beansctl bench`; returns the exit code.
 pub fn run(args: BenchArgs, g: &GlobalOpts) -> CliResult<u8> {
     validate(&args)?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")
-        .map_err(CliError::runtime)?;
-    rt.block_on(run_async(args, g))
+    crate::cli::block_on(run_async(args, g))
 }
 
 async fn run_async(args: BenchArgs, g: &GlobalOpts) -> CliResult<u8> {
     let addrs = crate::target::resolve_target(&args.target, args.allow_remote).await?;
-    let client_cfg = ClientConfig::default()
-        .connect_timeout(g.connect_timeout)
-        .timeout(Some(g.timeout));
+    let client_cfg = g.client_config();
     // One connection up front turns an unreachable target into exit 3 instead of a report
     // full of connection errors; it also picks the address all connections use.
     let mut first_err = None;

@@ -3,9 +3,12 @@
 //! A new subcommand is a module with an `Args` struct (clap derive) and a
 //! `run(args, &GlobalOpts) -> CliResult<u8>`, plus one variant in [`Command`].
 
+use std::future::Future;
 use std::io::IsTerminal;
 use std::time::Duration;
 
+use anyhow::Context;
+use beansdb_client::ClientConfig;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::error::{exit, CliError, CliResult};
@@ -84,6 +87,13 @@ impl GlobalOpts {
     pub fn progress_bar(&self) -> bool {
         !self.quiet && !self.json && std::io::stderr().is_terminal()
     }
+
+    /// Node client settings from `--connect-timeout` and `--timeout`.
+    pub fn client_config(&self) -> ClientConfig {
+        ClientConfig::default()
+            .connect_timeout(self.connect_timeout)
+            .timeout(Some(self.timeout))
+    }
 }
 
 fn parse_positive_duration(s: &str) -> Result<Duration, String> {
@@ -156,6 +166,16 @@ pub fn main() -> u8 {
             e.code
         }
     }
+}
+
+/// Runs a subcommand's async body on a multi-thread runtime; returns its exit code.
+pub fn block_on(body: impl Future<Output = CliResult<u8>>) -> CliResult<u8> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+        .map_err(CliError::runtime)?;
+    rt.block_on(body)
 }
 
 /// Replaces the panic backtrace with one line (tools.md §9) and exits 101, also for panics

@@ -1,6 +1,7 @@
 //! Shared parts of the Cassandra tools `backfill`, `verify` and `replay-errors`
 //! (cassandra.md §7.2, §9): the Cassandra target with its dispatchers, the node hash-tree
-//! walk, reads of beansdb through the nodes, counters and the record-rate limiter.
+//! walk, reads of beansdb through the nodes, record selection, counters and the record-rate
+//! limiter.
 
 pub mod cstar;
 pub mod nodes;
@@ -8,7 +9,12 @@ pub mod walk;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use beansdb_cassandra::BdbValue;
+use beansdb_protocol::is_valid_write_key;
 use parking_lot::Mutex;
+use serde::Serialize;
+
+use self::cstar::CstarTarget;
 
 /// At most this many failures are listed in a summary (the rest are only counted).
 pub const MAX_FAILURES: usize = 1000;
@@ -62,6 +68,24 @@ impl<T: Clone> Failures<T> {
     }
 }
 
+/// A failure of one key (verify, replay-errors).
+#[derive(Debug, Clone, Serialize)]
+pub struct KeyFailure {
+    pub key: String,
+    pub error: String,
+}
+
+impl Failures<KeyFailure> {
+    /// Prints `error: <tool> <key>: <error>` and keeps the failure for the summary.
+    pub fn report(&self, tool: &str, key: &[u8], error: String) {
+        eprintln!("error: {tool} {}: {error}", key_text(key));
+        self.push(KeyFailure {
+            key: key_text(key),
+            error,
+        });
+    }
+}
+
 /// A relaxed counter (progress and summary only; no ordering is implied between counters).
 #[derive(Default, Debug)]
 pub struct Counter(AtomicU64);
@@ -92,6 +116,63 @@ impl RecordRate {
         if let Some(l) = &self.0 {
             l.acquire().await;
         }
+    }
+}
+
+/// What a walk does with a record of `key` (cassandra.md §9.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Selection {
+    /// Under none of the prefixes.
+    Unmatched,
+    /// A key the proxy never writes to Cassandra.
+    InvalidKey,
+    /// Its status has no Cassandra writes.
+    SkippedStatus,
+    Selected,
+}
+
+/// Checks `key` against the prefixes, then as the proxy would.
+pub fn select(prefixes: &[String], target: &CstarTarget, key: &[u8]) -> Selection {
+    if !prefixes.iter().any(|p| key.starts_with(p.as_bytes())) {
+        Selection::Unmatched
+    } else if !is_valid_write_key(key) {
+        Selection::InvalidKey
+    } else if !target.status_ok(key) {
+        Selection::SkippedStatus
+    } else {
+        Selection::Selected
+    }
+}
+
+/// Walked records left alone, by [`Selection`].
+#[derive(Default, Debug)]
+pub struct Skips {
+    pub unmatched: Counter,
+    pub invalid_key: Counter,
+    pub status: Counter,
+}
+
+impl Skips {
+    /// Counts a record that is not selected; `true` when it is left alone.
+    pub fn count(&self, s: Selection) -> bool {
+        match s {
+            Selection::Unmatched => self.unmatched.inc(),
+            Selection::InvalidKey => self.invalid_key.inc(),
+            Selection::SkippedStatus => self.status.inc(),
+            Selection::Selected => return false,
+        }
+        true
+    }
+}
+
+/// The Cassandra row of a live beansdb record whose second is `ts`.
+pub fn record_row(flag: u32, ts: u32, body: Vec<u8>) -> BdbValue {
+    BdbValue {
+        rtime_ms: i64::from(ts) * 1000,
+        flag,
+        exptime: 0,
+        cas: 0,
+        body,
     }
 }
 

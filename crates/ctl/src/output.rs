@@ -1,6 +1,7 @@
 //! Progress reporting on stderr (tools.md §9): a bar on a TTY, otherwise a plain line every
 //! 10 s; nothing with `--quiet`. Results never go through here (they go to stdout).
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -116,5 +117,41 @@ impl Progress {
         if let Mode::Bar(bar) = &self.mode {
             bar.finish_and_clear();
         }
+    }
+}
+
+/// How often a [`Ticker`] refreshes its progress line.
+const TICK: Duration = Duration::from_millis(250);
+
+/// A progress line refreshed every 250 ms on the async runtime from `status` →
+/// `(pos, len, message)`, until [`Ticker::finish`].
+pub struct Ticker {
+    progress: Arc<Progress>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Ticker {
+    pub fn start(
+        progress: Progress,
+        status: impl Fn() -> (u64, u64, String) + Send + 'static,
+    ) -> Ticker {
+        let progress = Arc::new(progress);
+        let task = {
+            let progress = progress.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(TICK).await;
+                    let (pos, len, msg) = status();
+                    progress.update(pos, len, &msg);
+                }
+            })
+        };
+        Ticker { progress, task }
+    }
+
+    /// Stops the refreshes and removes the bar before the report is printed.
+    pub fn finish(&self) {
+        self.task.abort();
+        self.progress.finish();
     }
 }

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{anyhow, Context};
+use anyhow::anyhow;
 use beansdb_client::{Client, ClientConfig, ReplyKind, Request, Response};
 use clap::{Args, ValueEnum};
 use parking_lot::Mutex;
@@ -226,12 +226,7 @@ pub fn run(args: ReplayArgs, g: &GlobalOpts) -> CliResult<u8> {
             )
         })?;
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")
-        .map_err(CliError::runtime)?;
-    rt.block_on(run_async(args, pacing, g))
+    crate::cli::block_on(run_async(args, pacing, g))
 }
 
 async fn first_connection(
@@ -488,9 +483,7 @@ fn decide(a: &ReplayArgs, l: &LogLine, seed: &mut u64) -> Decision {
 
 async fn run_async(a: ReplayArgs, pacing: Pacing, g: &GlobalOpts) -> CliResult<u8> {
     let addrs = crate::target::resolve_target(&a.target, a.allow_remote).await?;
-    let cfg = ClientConfig::default()
-        .connect_timeout(g.connect_timeout)
-        .timeout(Some(g.timeout));
+    let cfg = g.client_config();
     let addr = first_connection(&addrs, &cfg, &a.target).await?;
     let intr = Interrupt::install();
     let watchers = (!a.watch.is_empty()).then(|| {

@@ -10,16 +10,13 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use anyhow::Context;
 use beansdb_cassandra::BdbValue;
-use beansdb_client::ClientConfig;
 use beansdb_protocol::is_valid_write_key;
 use clap::{ArgGroup, Args};
 use futures::StreamExt;
 use parking_lot::Mutex;
-use serde::Serialize;
 use serde_json::json;
 
 use crate::cli::GlobalOpts;
@@ -27,8 +24,10 @@ use crate::error::{exit, CliError, CliResult};
 use crate::interrupt::Interrupt;
 use crate::migrate::cstar::{self, CstarArgs, CstarTarget, MapSource};
 use crate::migrate::nodes::{BeansValue, Pool, Reader};
-use crate::migrate::{key_text, record_ts_micros, Counter, Failures, RecordRate};
-use crate::output::Progress;
+use crate::migrate::{
+    key_text, record_row, record_ts_micros, Counter, Failures, KeyFailure, RecordRate,
+};
+use crate::output::{Progress, Ticker};
 
 /// Keys replayed concurrently (cassandra.md §7.2).
 const CONCURRENT_KEYS: usize = 4;
@@ -77,19 +76,13 @@ struct Counters {
     errors: Counter,
 }
 
-#[derive(Debug, Clone, Serialize)]
-struct Failure {
-    key: String,
-    error: String,
-}
-
 struct Ctx {
     target: CstarTarget,
     reader: Reader,
     dry_run: bool,
     rate: RecordRate,
     counters: Counters,
-    failures: Failures<Failure>,
+    failures: Failures<KeyFailure>,
     done_file: Option<Mutex<File>>,
     done_error: Mutex<Option<String>>,
     planned: Mutex<Vec<String>>,
@@ -109,13 +102,7 @@ fn action_for(state: BeansValue, ts_entry: i64) -> Action {
         BeansValue::Live {
             flag, ts, value, ..
         } => Action::Insert {
-            value: BdbValue {
-                rtime_ms: i64::from(ts) * 1000,
-                flag,
-                exptime: 0,
-                cas: 0,
-                body: value,
-            },
+            value: record_row(flag, ts, value),
             ts_us: record_ts_micros(ts, ts_entry),
         },
         BeansValue::Tomb { ts, .. } => Action::Delete {
@@ -128,11 +115,7 @@ fn action_for(state: BeansValue, ts_entry: i64) -> Action {
 impl Ctx {
     fn fail(&self, key: &[u8], error: String) {
         self.counters.errors.inc();
-        eprintln!("error: replay {}: {error}", key_text(key));
-        self.failures.push(Failure {
-            key: key_text(key),
-            error,
-        });
+        self.failures.report("replay", key, error);
     }
 
     fn mark_done(&self, key: &[u8], ts_entry: i64, result: &str) {
@@ -213,12 +196,7 @@ impl Ctx {
 
 /// Entry point of `beansctl replay-errors`; returns the exit code.
 pub fn run(args: ReplayErrorsArgs, g: &GlobalOpts) -> CliResult<u8> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")
-        .map_err(CliError::runtime)?;
-    rt.block_on(run_async(args, g))
+    crate::cli::block_on(run_async(args, g))
 }
 
 /// Reads every log: key → `ts_entry` (largest `ts_us` of its entries within the time window).
@@ -330,22 +308,12 @@ async fn run_async(args: ReplayErrorsArgs, g: &GlobalOpts) -> CliResult<u8> {
         (None, Some(src)) => {
             let route =
                 crate::sync::routesrc::load_with(src, g.connect_timeout, g.timeout, true).await?;
-            let maps = if resolved.from_proxy_config {
-                MapSource::Config
-            } else {
-                MapSource::None
-            };
-            (route, maps)
+            (route, resolved.own_maps())
         }
         (None, None) => return Err(CliError::usage("pass --route SRC or --proxy HOST:PORT")),
     };
     let target = CstarTarget::open(&resolved, maps).await?;
-    let pool = Arc::new(Pool::new(
-        &route,
-        ClientConfig::default()
-            .connect_timeout(g.connect_timeout)
-            .timeout(Some(g.timeout)),
-    ));
+    let pool = Arc::new(Pool::new(&route, g.client_config()));
     let ctx = Arc::new(Ctx {
         target,
         reader: Reader::new(route.clone(), pool.clone()),
@@ -370,33 +338,27 @@ async fn run_async(args: ReplayErrorsArgs, g: &GlobalOpts) -> CliResult<u8> {
     }
 
     let interrupt = Interrupt::install();
-    let progress = Arc::new(Progress::new("replay-errors", g));
+    let progress = Progress::new("replay-errors", g);
     let start = Instant::now();
     let ticker = {
-        let (ctx, progress) = (ctx.clone(), progress.clone());
+        let ctx = ctx.clone();
         let n = total_keys as u64;
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_millis(250)).await;
-                let c = &ctx.counters;
-                let finished = c.written.get()
-                    + c.deleted.get()
-                    + c.skipped_status.get()
-                    + c.skipped_done.get()
-                    + c.invalid_key.get()
-                    + c.errors.get();
-                progress.update(
-                    finished,
-                    n,
-                    &format!(
-                        "keys {finished}/{n} written {} deleted {} skipped {} errors {}",
-                        c.written.get(),
-                        c.deleted.get(),
-                        c.skipped_status.get() + c.skipped_done.get(),
-                        c.errors.get()
-                    ),
-                );
-            }
+        Ticker::start(progress, move || {
+            let c = &ctx.counters;
+            let finished = c.written.get()
+                + c.deleted.get()
+                + c.skipped_status.get()
+                + c.skipped_done.get()
+                + c.invalid_key.get()
+                + c.errors.get();
+            let msg = format!(
+                "keys {finished}/{n} written {} deleted {} skipped {} errors {}",
+                c.written.get(),
+                c.deleted.get(),
+                c.skipped_status.get() + c.skipped_done.get(),
+                c.errors.get()
+            );
+            (finished, n, msg)
         })
     };
     {
@@ -410,8 +372,7 @@ async fn run_async(args: ReplayErrorsArgs, g: &GlobalOpts) -> CliResult<u8> {
             })
             .await;
     }
-    ticker.abort();
-    progress.finish();
+    ticker.finish();
 
     let c = &ctx.counters;
     let elapsed = (start.elapsed().as_secs_f64() * 1000.0).round() / 1000.0;

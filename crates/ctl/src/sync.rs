@@ -22,8 +22,6 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
-use beansdb_client::ClientConfig;
 use clap::Args;
 use parking_lot::Mutex;
 use serde_json::json;
@@ -87,12 +85,7 @@ pub struct SyncArgs {
 
 /// Entry point of `beansctl sync`; returns the exit code.
 pub fn run(args: SyncArgs, g: &GlobalOpts) -> CliResult<u8> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")
-        .map_err(CliError::runtime)?;
-    rt.block_on(run_async(args, g))
+    crate::cli::block_on(run_async(args, g))
 }
 
 pub(crate) fn parse_buckets(list: &[String], numbucket: usize) -> CliResult<Vec<usize>> {
@@ -176,9 +169,7 @@ async fn run_async(args: SyncArgs, g: &GlobalOpts) -> CliResult<u8> {
         },
         route: route.clone(),
         nodes,
-        client_config: ClientConfig::default()
-            .connect_timeout(g.connect_timeout)
-            .timeout(Some(g.timeout)),
+        client_config: g.client_config(),
         decisions,
         interrupt: interrupt.clone(),
         live: LiveTotals::default(),

@@ -5,28 +5,22 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::Context;
 use beansdb_cassandra::BdbValue;
-use beansdb_client::ClientConfig;
-use beansdb_protocol::is_valid_write_key;
 use clap::Args;
 use parking_lot::Mutex;
-use serde::Serialize;
 use serde_json::json;
 
 use crate::backfill::normalize_prefixes;
 use crate::cli::GlobalOpts;
-use crate::error::{exit, CliError, CliResult};
+use crate::error::{exit, CliResult};
 use crate::interrupt::Interrupt;
-use crate::migrate::cstar::{self, CstarArgs, CstarTarget, MapSource};
+use crate::migrate::cstar::{self, CstarArgs, CstarTarget};
 use crate::migrate::nodes::{BeansValue, Pool, Reader};
-use crate::migrate::walk::{self, BucketEnd, RecordSink, WalkPosition};
-use crate::migrate::{key_text, Counter, Failures, RecordRate};
-use crate::output::Progress;
+use crate::migrate::walk::{self, BucketEnd, RecordSink, WalkProgress};
+use crate::migrate::{key_text, select, Counter, Failures, KeyFailure, RecordRate, Skips};
 use crate::sync::wire::KeyLine;
-use crate::units::hms;
 
 /// Delay before a difference is re-read (cassandra.md §9.3).
 const RECHECK_DELAY: Duration = Duration::from_millis(500);
@@ -161,9 +155,7 @@ struct Counters {
     extra_in_cstar: Counter,
     transient: Counter,
     errors: Counter,
-    skipped_status: Counter,
-    invalid_key: Counter,
-    unmatched: Counter,
+    skips: Skips,
 }
 
 impl Counters {
@@ -185,12 +177,6 @@ impl Counters {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
-struct Failure {
-    key: String,
-    error: String,
-}
-
 struct Ctx {
     target: CstarTarget,
     pool: Arc<Pool>,
@@ -200,7 +186,7 @@ struct Ctx {
     sampler: Option<Sampler>,
     counters: Counters,
     samples: Mutex<BTreeMap<&'static str, Vec<String>>>,
-    failures: Failures<Failure>,
+    failures: Failures<KeyFailure>,
 }
 
 impl Ctx {
@@ -215,11 +201,7 @@ impl Ctx {
     fn fail(&self, key: &[u8], error: String) {
         self.counters.errors.inc();
         self.sample("errors", key);
-        eprintln!("error: verify {}: {error}", key_text(key));
-        self.failures.push(Failure {
-            key: key_text(key),
-            error,
-        });
+        self.failures.report("verify", key, error);
     }
 
     /// Compares one record; `Err` is a record error.
@@ -270,10 +252,7 @@ impl RecordSink for Ctx {
         }
         let c = &self.counters;
         c.scanned.inc();
-        let mut conn = self.pool.take(source);
-        let fetched = walk::fetch(&mut conn, line.khash).await;
-        self.pool.put(conn);
-        let rec = match fetched {
+        let rec = match walk::fetch(&self.pool, source, line.khash).await {
             Ok(Some(r)) => r,
             Ok(None) => return true,
             Err(e) => {
@@ -284,20 +263,8 @@ impl RecordSink for Ctx {
                 return false;
             }
         };
-        if !self
-            .prefixes
-            .iter()
-            .any(|p| rec.key.starts_with(p.as_bytes()))
-        {
-            c.unmatched.inc();
-            return true;
-        }
-        if !is_valid_write_key(&rec.key) {
-            c.invalid_key.inc();
-            return true;
-        }
-        if !self.target.status_ok(&rec.key) {
-            c.skipped_status.inc();
+        let selection = select(&self.prefixes, &self.target, &rec.key);
+        if c.skips.count(selection) {
             return true;
         }
         if let Some(s) = &self.sampler {
@@ -320,12 +287,7 @@ impl RecordSink for Ctx {
 
 /// Entry point of `beansctl verify`; returns the exit code.
 pub fn run(args: VerifyArgs, g: &GlobalOpts) -> CliResult<u8> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")
-        .map_err(CliError::runtime)?;
-    rt.block_on(run_async(args, g))
+    crate::cli::block_on(run_async(args, g))
 }
 
 async fn run_async(args: VerifyArgs, g: &GlobalOpts) -> CliResult<u8> {
@@ -334,18 +296,8 @@ async fn run_async(args: VerifyArgs, g: &GlobalOpts) -> CliResult<u8> {
     let route =
         crate::sync::routesrc::load_with(&args.route, g.connect_timeout, g.timeout, true).await?;
     let buckets = crate::sync::parse_buckets(&args.bucket, route.numbucket)?;
-    let maps = if resolved.from_proxy_config {
-        MapSource::Config
-    } else {
-        MapSource::None
-    };
-    let target = CstarTarget::open(&resolved, maps).await?;
-    let pool = Arc::new(Pool::new(
-        &route,
-        ClientConfig::default()
-            .connect_timeout(g.connect_timeout)
-            .timeout(Some(g.timeout)),
-    ));
+    let target = CstarTarget::open(&resolved, resolved.own_maps()).await?;
+    let pool = Arc::new(Pool::new(&route, g.client_config()));
 
     let sampler = match args.sample {
         None => None,
@@ -375,52 +327,30 @@ async fn run_async(args: VerifyArgs, g: &GlobalOpts) -> CliResult<u8> {
     });
 
     let interrupt = Interrupt::install();
-    let progress = Arc::new(Progress::new_raw("verify", g));
-    let position = Arc::new(WalkPosition::default());
-    let current = Arc::new(Mutex::new(0usize));
-    let start = Instant::now();
     let n = buckets.len();
-    let ticker = {
-        let (ctx, progress, position, current) = (
-            ctx.clone(),
-            progress.clone(),
-            position.clone(),
-            current.clone(),
-        );
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_millis(250)).await;
-                let c = &ctx.counters;
-                let secs = start.elapsed().as_secs_f64().max(0.001);
-                let i = *current.lock();
-                progress.update(
-                    i as u64,
-                    n as u64,
-                    &format!(
-                        "verify: bucket {}/{n} path {} scanned={} checked={} equal={} \
-                         differences={} transient={} errors={} rate={:.0}/s elapsed={}",
-                        (i + 1).min(n),
-                        position.path.lock(),
-                        c.scanned.get(),
-                        c.checked.get(),
-                        c.equal.get(),
-                        c.differences(),
-                        c.transient.get(),
-                        c.errors.get(),
-                        c.checked.get() as f64 / secs,
-                        hms(start.elapsed()),
-                    ),
-                );
-            }
-        })
-    };
+    let progress = WalkProgress::start("verify", g, n, {
+        let ctx = ctx.clone();
+        move || {
+            let c = &ctx.counters;
+            let counts = format!(
+                "scanned={} checked={} equal={} differences={} transient={} errors={}",
+                c.scanned.get(),
+                c.checked.get(),
+                c.equal.get(),
+                c.differences(),
+                c.transient.get(),
+                c.errors.get(),
+            );
+            (counts, c.checked.get())
+        }
+    });
 
     let mut unreachable = 0usize;
     for (i, &b) in buckets.iter().enumerate() {
         if interrupt.fired() || ctx.sampler.as_ref().is_some_and(Sampler::exhausted) {
             break;
         }
-        *current.lock() = i;
+        progress.at_bucket(i);
         let end = walk::walk_bucket(
             &route,
             &pool,
@@ -429,7 +359,7 @@ async fn run_async(args: VerifyArgs, g: &GlobalOpts) -> CliResult<u8> {
             args.concurrency as usize,
             ctx.as_ref(),
             &interrupt,
-            &position,
+            &progress.position,
             |_, _| {},
         )
         .await;
@@ -441,7 +371,6 @@ async fn run_async(args: VerifyArgs, g: &GlobalOpts) -> CliResult<u8> {
             ctx.fail(format!("bucket {hexid}").as_bytes(), e);
         }
     }
-    ticker.abort();
     progress.finish();
 
     let c = &ctx.counters;
@@ -458,11 +387,11 @@ async fn run_async(args: VerifyArgs, g: &GlobalOpts) -> CliResult<u8> {
             "errors": c.errors.get(),
             "samples": samples,
             "scanned": c.scanned.get(),
-            "skipped_status": c.skipped_status.get(),
-            "invalid_key": c.invalid_key.get(),
-            "unmatched": c.unmatched.get(),
+            "skipped_status": c.skips.status.get(),
+            "invalid_key": c.skips.invalid_key.get(),
+            "unmatched": c.skips.unmatched.get(),
             "failures": ctx.failures.snapshot(),
-            "elapsed_s": (start.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
+            "elapsed_s": (progress.start.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
             "interrupted": interrupt.fired(),
         });
         println!("{doc}");

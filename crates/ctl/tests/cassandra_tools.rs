@@ -5,47 +5,28 @@
 
 mod common;
 
-use std::collections::BTreeSet;
 use std::fs;
 use std::io::Write;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::Mutex;
 use std::time::Duration;
 
 use beansdb_cassandra::scylla::value::CqlValue;
 use beansdb_cassandra::testing::{self, need_cluster};
 use beansdb_cassandra::{now_micros, BdbValue, CassandraStore};
 use beansdb_client::Client;
-use common::{beansctl_path, json_of, show, text, Node};
+use common::{beansctl, beansctl_path, json_of, show, text, unique_ports, Node};
 use serde_json::Value;
 
 const MAINS: usize = 3;
 const PASSWORD: &str = "doubandb_test";
 
-/// Ports never handed out twice by this process (tests run in parallel), each probed free.
-fn unique_ports(n: usize) -> Vec<u16> {
-    static USED: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
-    let mut used = USED.lock().unwrap_or_else(|e| e.into_inner());
-    let mut held = Vec::new();
-    let mut ports = Vec::new();
-    while ports.len() < n {
-        let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-        let p = l.local_addr().expect("local addr").port();
-        if used.insert(p) {
-            ports.push(p);
-        }
-        held.push(l);
-    }
-    ports
-}
-
 /// Three mains; main `i` serves bucket `b` iff `b % 3 != i`.
 struct Env {
     tmp: tempfile::TempDir,
     nodes: Vec<Node>,
-    route: PathBuf,
+    /// Path of route.yaml.
+    route: String,
     pwfile: PathBuf,
     native: String,
     rt: tokio::runtime::Runtime,
@@ -99,7 +80,7 @@ impl Env {
         Some(Env {
             tmp,
             nodes,
-            route: route_path,
+            route: route_path.display().to_string(),
             pwfile,
             native: cass.native.clone(),
             rt,
@@ -110,10 +91,6 @@ impl Env {
 
     fn path(&self, name: &str) -> PathBuf {
         self.tmp.path().join(name)
-    }
-
-    fn route(&self) -> String {
-        self.route.display().to_string()
     }
 
     /// Main indices holding `key`'s bucket, in route order.
@@ -168,6 +145,11 @@ impl Env {
 
     fn row(&self, key: &str) -> Option<BdbValue> {
         self.row_in(&self.kv, key)
+    }
+
+    /// The value of `key`'s row in kvstore.
+    fn body(&self, key: &str) -> Option<Vec<u8>> {
+        self.row(key).map(|r| r.body)
     }
 
     fn row_in(&self, store: &CassandraStore, key: &str) -> Option<BdbValue> {
@@ -227,16 +209,64 @@ impl Env {
         ]
     }
 
+    /// beansctl with `args` plus the Cassandra options.
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(beansctl_path());
+        c.args(args).args(self.cstar_args());
+        c
+    }
+
     /// Runs beansctl with `args` plus the Cassandra options; asserts the password is not shown.
     fn run(&self, args: &[&str]) -> Output {
-        let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        all.extend(self.cstar_args());
-        let o = Command::new(beansctl_path())
-            .args(&all)
-            .output()
-            .expect("run beansctl");
+        let o = self.command(args).output().expect("run beansctl");
         assert_no_password(&o);
         o
+    }
+
+    /// `backfill` of `prefix` over this cluster with its checkpoint in `cp`, then `extra`.
+    fn backfill_args<'a>(
+        &'a self,
+        prefix: &'a str,
+        cp: &'a str,
+        extra: &[&'a str],
+    ) -> Vec<&'a str> {
+        let mut a = vec![
+            "backfill",
+            "--route",
+            &self.route,
+            "--prefix",
+            prefix,
+            "--checkpoint",
+            cp,
+        ];
+        a.extend(extra);
+        a
+    }
+
+    fn backfill(&self, prefix: &str, cp: &str, extra: &[&str]) -> Output {
+        self.run(&self.backfill_args(prefix, cp, extra))
+    }
+
+    /// `verify` of `prefix` over this cluster, then `extra`.
+    fn verify_args<'a>(&'a self, prefix: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+        let mut a = vec!["verify", "--route", &self.route, "--prefix", prefix];
+        a.extend(extra);
+        a
+    }
+
+    fn verify(&self, prefix: &str, extra: &[&str]) -> Output {
+        self.run(&self.verify_args(prefix, extra))
+    }
+
+    /// `replay-errors` of `logs` with this cluster's route, then `extra`.
+    fn replay_errors(&self, logs: &[&str], extra: &[&str]) -> Output {
+        let mut a = vec!["replay-errors"];
+        for l in logs {
+            a.extend(["--log", l]);
+        }
+        a.extend(["--route", &self.route]);
+        a.extend(extra);
+        self.run(&a)
     }
 }
 
@@ -249,6 +279,17 @@ fn assert_no_password(o: &Output) {
 
 fn code(o: &Output) -> i32 {
     o.status.code().unwrap_or(-1)
+}
+
+fn assert_exit(o: &Output, want: i32) {
+    assert_eq!(code(o), want, "{}", show(o));
+}
+
+/// stdout as one JSON document, after asserting the exit code.
+fn json_exit(o: &Output, want: i32) -> Value {
+    let v = json_of(o);
+    assert_exit(o, want);
+    v
 }
 
 fn num(v: &Value, field: &str) -> u64 {
@@ -321,25 +362,13 @@ fn backfill_copies_prefix_then_verify_is_clean() {
     for i in 0..20 {
         env.set(&format!("{outside}{i}"), 0, b"outside");
     }
-    let cp = env.path("cp");
-    let cp_s = cp.display().to_string();
-    let route = env.route();
-    let o = env.run(&[
-        "backfill",
-        "--route",
-        &route,
-        "--prefix",
+    let cp = env.path("cp").display().to_string();
+    let o = env.backfill(
         &prefix,
-        "--checkpoint",
-        &cp_s,
-        "--json",
-        "--concurrency",
-        "8",
-        "--rate",
-        "0",
-    ]);
-    let s = json_of(&o);
-    assert_eq!(code(&o), 0, "{}", show(&o));
+        &cp,
+        &["--json", "--concurrency", "8", "--rate", "0"],
+    );
+    let s = json_exit(&o, 0);
     assert_eq!(num(&s, "matched"), 300, "{s}");
     assert_eq!(num(&s, "written"), live.len() as u64, "{s}");
     assert_eq!(num(&s, "deleted"), deleted.len() as u64, "{s}");
@@ -378,9 +407,7 @@ fn backfill_copies_prefix_then_verify_is_clean() {
         assert_eq!(env.row(&format!("{outside}{i}")), None);
     }
 
-    let o = env.run(&["verify", "--route", &route, "--prefix", &prefix, "--json"]);
-    let v = json_of(&o);
-    assert_eq!(code(&o), 0, "{}", show(&o));
+    let v = json_exit(&env.verify(&prefix, &["--json"]), 0);
     assert_eq!(num(&v, "checked"), 300, "{v}");
     assert_eq!(num(&v, "equal"), 300, "{v}");
     for f in [
@@ -394,27 +421,14 @@ fn backfill_copies_prefix_then_verify_is_clean() {
     }
 
     // A sample checks about N records and finds nothing either.
-    let o = env.run(&[
-        "verify", "--route", &route, "--prefix", &prefix, "--sample", "50", "--json",
-    ]);
-    let v = json_of(&o);
-    assert_eq!(code(&o), 0, "{}", show(&o));
+    let v = json_exit(&env.verify(&prefix, &["--sample", "50", "--json"]), 0);
     assert!(num(&v, "checked") <= 50, "{v}");
 
     // A rerun changes nothing: same rows, same write times.
     let probe = &live[1].0;
     let before = (env.row(probe), env.writetime(probe));
-    let o = env.run(&[
-        "backfill",
-        "--route",
-        &route,
-        "--prefix",
-        &prefix,
-        "--checkpoint",
-        &cp_s,
-        "--restart",
-    ]);
-    assert_eq!(code(&o), 0, "{}", show(&o));
+    let o = env.backfill(&prefix, &cp, &["--restart"]);
+    assert_exit(&o, 0);
     assert!(text(&o.stdout).contains("written="), "{}", show(&o));
     assert_eq!((env.row(probe), env.writetime(probe)), before);
 }
@@ -430,37 +444,18 @@ fn backfill_with_proxy_config_filters_status_and_dispatches_tables() {
         env.set(&format!("{prefix}skip/{i}"), 1, b"brw only");
         env.set(&format!("{prefix}ark/{i}"), 1, b"to the ark");
     }
-    let cfg = proxy_yaml(&env, &prefix);
-    let cfg_s = cfg.display().to_string();
+    let cfg = proxy_yaml(&env, &prefix).display().to_string();
     let cp = env.path("cp").display().to_string();
-    let route = env.route();
     // Credentials come from the proxy config this time (no --username/--password-file).
-    let o = Command::new(beansctl_path())
-        .args([
-            "backfill",
-            "--route",
-            &route,
-            "--prefix",
-            &prefix,
-            "--proxy-config",
-            &cfg_s,
-            "--checkpoint",
-            &cp,
-            "--json",
-        ])
-        .output()
-        .expect("run");
+    let with_cfg = ["--proxy-config", &cfg, "--json"];
+    let o = beansctl(&env.backfill_args(&prefix, &cp, &with_cfg));
     assert_no_password(&o);
-    let s = json_of(&o);
-    assert_eq!(code(&o), 0, "{}", show(&o));
+    let s = json_exit(&o, 0);
     assert_eq!(num(&s, "matched"), 30, "{s}");
     assert_eq!(num(&s, "skipped_status"), 10, "{s}");
     assert_eq!(num(&s, "written"), 20, "{s}");
     for i in 0..10 {
-        assert_eq!(
-            env.row(&format!("{prefix}{i}")).map(|r| r.body),
-            Some(b"main".to_vec())
-        );
+        assert_eq!(env.body(&format!("{prefix}{i}")), Some(b"main".to_vec()));
         assert_eq!(env.row(&format!("{prefix}skip/{i}")), None);
         let ark = format!("{prefix}ark/{i}");
         assert_eq!(
@@ -473,21 +468,7 @@ fn backfill_with_proxy_config_filters_status_and_dispatches_tables() {
             Some(b"to the ark".to_vec())
         );
     }
-    let o = Command::new(beansctl_path())
-        .args([
-            "verify",
-            "--route",
-            &route,
-            "--prefix",
-            &prefix,
-            "--proxy-config",
-            &cfg_s,
-            "--json",
-        ])
-        .output()
-        .expect("run");
-    let v = json_of(&o);
-    assert_eq!(code(&o), 0, "{}", show(&o));
+    let v = json_exit(&beansctl(&env.verify_args(&prefix, &with_cfg)), 0);
     assert_eq!((num(&v, "checked"), num(&v, "equal")), (20, 20), "{v}");
     assert_eq!(num(&v, "skipped_status"), 10, "{v}");
 }
@@ -517,20 +498,8 @@ fn backfill_checkpoint_resume_and_restart() {
     }
     let cp = env.path("cp");
     let cp_s = cp.display().to_string();
-    let route = env.route();
-    let o = env.run(&[
-        "backfill",
-        "--route",
-        &route,
-        "--prefix",
-        &prefix,
-        "--checkpoint",
-        &cp_s,
-        "--bucket",
-        "0",
-        "--json",
-    ]);
-    assert_eq!(code(&o), 0, "{}", show(&o));
+    let o = env.backfill(&prefix, &cp_s, &["--bucket", "0", "--json"]);
+    assert_exit(&o, 0);
     let file = checkpoint_file(&cp, &[&prefix]);
     let doc: Value = serde_json::from_str(&fs::read_to_string(&file).expect("checkpoint"))
         .expect("checkpoint JSON");
@@ -541,16 +510,8 @@ fn backfill_checkpoint_resume_and_restart() {
     assert_eq!(env.row(&keys5[0]), None, "bucket 5 not walked yet");
 
     // Exists, neither flag: exit 2 with the documented message.
-    let o = env.run(&[
-        "backfill",
-        "--route",
-        &route,
-        "--prefix",
-        &prefix,
-        "--checkpoint",
-        &cp_s,
-    ]);
-    assert_eq!(code(&o), 2, "{}", show(&o));
+    let o = env.backfill(&prefix, &cp_s, &[]);
+    assert_exit(&o, 2);
     assert!(
         text(&o.stderr).contains(&format!(
             "checkpoint {} exists; pass --resume or --restart",
@@ -563,41 +524,20 @@ fn backfill_checkpoint_resume_and_restart() {
     // A key added to the done bucket is not written by --resume, the other buckets are.
     let late = common::keys_in_bucket(&format!("{prefix}late-"), 0, 1).remove(0);
     env.set(&late, 0, b"late");
-    let o = env.run(&[
-        "backfill",
-        "--route",
-        &route,
-        "--prefix",
-        &prefix,
-        "--checkpoint",
-        &cp_s,
-        "--resume",
-        "--json",
-    ]);
-    let s = json_of(&o);
-    assert_eq!(code(&o), 0, "{}", show(&o));
+    let s = json_exit(&env.backfill(&prefix, &cp_s, &["--resume", "--json"]), 0);
     assert_eq!(num(&s, "buckets_done"), 16, "{s}");
     assert_eq!(num(&s, "written"), 5, "{s}");
     assert_eq!(env.row(&late), None, "bucket 0 was done: skipped on resume");
     for k in &keys5 {
-        assert_eq!(env.row(k).map(|r| r.body), Some(b"first".to_vec()));
+        assert_eq!(env.body(k), Some(b"first".to_vec()));
     }
 
     // A checkpoint for another numbucket is refused.
     let mut other = doc.clone();
     other["numbucket"] = Value::from(256);
     fs::write(&file, other.to_string()).expect("rewrite checkpoint");
-    let o = env.run(&[
-        "backfill",
-        "--route",
-        &route,
-        "--prefix",
-        &prefix,
-        "--checkpoint",
-        &cp_s,
-        "--resume",
-    ]);
-    assert_eq!(code(&o), 2, "{}", show(&o));
+    let o = env.backfill(&prefix, &cp_s, &["--resume"]);
+    assert_exit(&o, 2);
     assert!(
         text(&o.stderr).contains("was made for numbucket 256"),
         "{}",
@@ -605,21 +545,9 @@ fn backfill_checkpoint_resume_and_restart() {
     );
 
     // --restart redoes everything.
-    let o = env.run(&[
-        "backfill",
-        "--route",
-        &route,
-        "--prefix",
-        &prefix,
-        "--checkpoint",
-        &cp_s,
-        "--restart",
-        "--json",
-    ]);
-    let s = json_of(&o);
-    assert_eq!(code(&o), 0, "{}", show(&o));
+    let s = json_exit(&env.backfill(&prefix, &cp_s, &["--restart", "--json"]), 0);
     assert_eq!(num(&s, "written"), 11, "{s}");
-    assert_eq!(env.row(&late).map(|r| r.body), Some(b"late".to_vec()));
+    assert_eq!(env.body(&late), Some(b"late".to_vec()));
 }
 
 #[test]
@@ -634,25 +562,9 @@ fn live_writes_during_backfill_win() {
     env.set(&k, 0, b"A");
     env.set(&d, 0, b"A");
     let cp = env.path("cp").display().to_string();
-    let route = env.route();
-    let mut args: Vec<String> = [
-        "backfill",
-        "--route",
-        &route,
-        "--prefix",
-        &prefix,
-        "--checkpoint",
-        &cp,
-        "--json",
-        "--debug-delay-write-ms",
-        "4000",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    args.extend(env.cstar_args());
-    let child = Command::new(beansctl_path())
-        .args(&args)
+    let slow = ["--json", "--debug-delay-write-ms", "4000"];
+    let child = env
+        .command(&env.backfill_args(&prefix, &cp, &slow))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -666,10 +578,10 @@ fn live_writes_during_backfill_win() {
     env.cdelete(&d, now_micros());
     let o = child.wait_with_output().expect("backfill");
     assert_no_password(&o);
-    assert_eq!(code(&o), 0, "{}", show(&o));
+    assert_exit(&o, 0);
     // Both old records were fetched before the live writes and written after them.
     assert_eq!(num(&json_of(&o), "written"), 2, "{}", show(&o));
-    assert_eq!(env.row(&k).map(|r| r.body), Some(b"B".to_vec()));
+    assert_eq!(env.body(&k), Some(b"B".to_vec()));
     assert_eq!(env.row(&d), None, "the live delete stays");
 }
 
@@ -686,17 +598,7 @@ fn verify_finds_planted_differences() {
     env.set(&gone, 1, b"soon deleted");
     env.delete(&gone);
     let cp = env.path("cp").display().to_string();
-    let route = env.route();
-    let o = env.run(&[
-        "backfill",
-        "--route",
-        &route,
-        "--prefix",
-        &prefix,
-        "--checkpoint",
-        &cp,
-    ]);
-    assert_eq!(code(&o), 0, "{}", show(&o));
+    assert_exit(&env.backfill(&prefix, &cp, &[]), 0);
 
     let later = now_micros() + 1_000_000;
     let (vd, fd, mi) = (
@@ -709,9 +611,7 @@ fn verify_finds_planted_differences() {
     env.cdelete(&mi, later);
     env.cset(&gone, 1, b"resurrected", later);
 
-    let o = env.run(&["verify", "--route", &route, "--prefix", &prefix, "--json"]);
-    let v = json_of(&o);
-    assert_eq!(code(&o), 1, "{}", show(&o));
+    let v = json_exit(&env.verify(&prefix, &["--json"]), 1);
     assert_eq!(num(&v, "checked"), 9, "{v}");
     assert_eq!(num(&v, "equal"), 5, "{v}");
     for (field, key) in [
@@ -724,8 +624,8 @@ fn verify_finds_planted_differences() {
         assert_eq!(v["samples"][field][0], key.as_str(), "{field}: {v}");
     }
     // The human table names them too.
-    let o = env.run(&["verify", "--route", &route, "--prefix", &prefix]);
-    assert_eq!(code(&o), 1, "{}", show(&o));
+    let o = env.verify(&prefix, &[]);
+    assert_exit(&o, 1);
     let out = text(&o.stdout);
     assert!(out.contains("value_diff") && out.contains(&vd), "{out}");
 }
@@ -785,43 +685,18 @@ fn replay_errors_makes_cassandra_equal_to_beansdb() {
     let gz = env.path("dual_write_err-2026-03-01T02-20-30.123.log.gz");
     gzip(&gz, &ours("del", &never, ts));
     let (log_s, gz_s) = (log.display().to_string(), gz.display().to_string());
-    let route = env.route();
+    let logs = [log_s.as_str(), gz_s.as_str()];
     let done = env.path("done.jsonl").display().to_string();
 
     // Dry run: plans four statements, writes nothing.
-    let o = env.run(&[
-        "replay-errors",
-        "--log",
-        &log_s,
-        "--log",
-        &gz_s,
-        "--route",
-        &route,
-        "--dry-run",
-        "--done-file",
-        &done,
-        "--json",
-    ]);
-    let s = json_of(&o);
-    assert_eq!(code(&o), 0, "{}", show(&o));
+    let o = env.replay_errors(&logs, &["--dry-run", "--done-file", &done, "--json"]);
+    let s = json_exit(&o, 0);
     assert_eq!(s["planned"].as_array().map(Vec::len), Some(4), "{s}");
-    assert_eq!(env.row(&stale).map(|r| r.body), Some(b"old".to_vec()));
+    assert_eq!(env.body(&stale), Some(b"old".to_vec()));
     assert!(!Path::new(&done).exists(), "dry run writes no done file");
 
-    let o = env.run(&[
-        "replay-errors",
-        "--log",
-        &log_s,
-        "--log",
-        &gz_s,
-        "--route",
-        &route,
-        "--done-file",
-        &done,
-        "--json",
-    ]);
-    let s = json_of(&o);
-    assert_eq!(code(&o), 0, "{}", show(&o));
+    let o = env.replay_errors(&logs, &["--done-file", &done, "--json"]);
+    let s = json_exit(&o, 0);
     assert_eq!(
         (num(&s, "lines"), num(&s, "bad_lines"), num(&s, "keys")),
         (6, 1, 4),
@@ -833,72 +708,34 @@ fn replay_errors_makes_cassandra_equal_to_beansdb() {
     let row = env.row(&stale).expect("stale row replaced");
     assert_eq!((row.body.as_slice(), row.flag), (&b"new"[..], 3));
     assert_eq!(row.rtime_ms, i64::from(env.meta(&stale).2) * 1000);
-    assert_eq!(
-        env.row(&missing).map(|r| r.body),
-        Some(b"only in beansdb".to_vec())
-    );
+    assert_eq!(env.body(&missing), Some(b"only in beansdb".to_vec()));
     assert_eq!(env.row(&extra), None);
     assert_eq!(env.row(&never), None);
 
-    let o = env.run(&["verify", "--route", &route, "--prefix", &prefix, "--json"]);
-    let v = json_of(&o);
-    assert_eq!(code(&o), 0, "{}", show(&o));
+    let v = json_exit(&env.verify(&prefix, &["--json"]), 0);
     assert_eq!((num(&v, "checked"), num(&v, "equal")), (3, 3), "{v}");
 
     // Again without the done file: same statements, so same rows and write times.
-    let before: Vec<_> = [&stale, &missing]
-        .iter()
-        .map(|k| (env.row(k), env.writetime(k)))
-        .collect();
-    let o = env.run(&[
-        "replay-errors",
-        "--log",
-        &log_s,
-        "--log",
-        &gz_s,
-        "--route",
-        &route,
-        "--json",
-    ]);
-    assert_eq!(code(&o), 0, "{}", show(&o));
-    let after: Vec<_> = [&stale, &missing]
-        .iter()
-        .map(|k| (env.row(k), env.writetime(k)))
-        .collect();
-    assert_eq!(before, after);
+    let rows_and_times = || -> Vec<_> {
+        [&stale, &missing]
+            .iter()
+            .map(|k| (env.row(k), env.writetime(k)))
+            .collect()
+    };
+    let before = rows_and_times();
+    assert_exit(&env.replay_errors(&logs, &["--json"]), 0);
+    assert_eq!(before, rows_and_times());
     assert_eq!(env.row(&extra), None);
 
     // With the done file every key is skipped.
-    let o = env.run(&[
-        "replay-errors",
-        "--log",
-        &log_s,
-        "--log",
-        &gz_s,
-        "--route",
-        &route,
-        "--done-file",
-        &done,
-        "--json",
-    ]);
-    let s = json_of(&o);
-    assert_eq!(code(&o), 0, "{}", show(&o));
+    let o = env.replay_errors(&logs, &["--done-file", &done, "--json"]);
+    let s = json_exit(&o, 0);
     assert_eq!(num(&s, "skipped_done"), 4, "{s}");
     assert_eq!(num(&s, "written") + num(&s, "deleted"), 0, "{s}");
 
     // --since after every entry: nothing to do.
-    let o = env.run(&[
-        "replay-errors",
-        "--log",
-        &log_s,
-        "--route",
-        &route,
-        "--since",
-        "2999-01-01T00:00:00Z",
-        "--json",
-    ]);
-    let s = json_of(&o);
-    assert_eq!(code(&o), 0, "{}", show(&o));
+    let o = env.replay_errors(&[&log_s], &["--since", "2999-01-01T00:00:00Z", "--json"]);
+    let s = json_exit(&o, 0);
     assert_eq!(num(&s, "keys"), 0, "{s}");
 }
 
@@ -907,7 +744,7 @@ fn usage_errors_unreachable_cassandra_and_secrets() {
     let Some(env) = Env::start("usage_errors_unreachable_cassandra_and_secrets") else {
         return;
     };
-    let route = env.route();
+    let route = env.route.as_str();
     let cp = env.path("cp").display().to_string();
     let bad_pw = env.path("bad.pass");
     let secret = "s3cret-not-the-password-4711";
@@ -917,12 +754,19 @@ fn usage_errors_unreachable_cassandra_and_secrets() {
     fs::write(&log, "").expect("log");
     let log_s = log.display().to_string();
 
+    fn cat<'a>(base: &[&'a str], more: &[&'a str]) -> Vec<&'a str> {
+        [base, more].concat()
+    }
+    // Most cases are one of these plus the options they are about.
+    let bf = ["backfill", "--route", route, "--prefix", "/x/"];
+    let vf = ["verify", "--route", route, "--prefix", "/x/"];
+    let rp = ["replay-errors", "--log", &log_s, "--route", route];
     let cases: Vec<(Vec<&str>, i32, &str)> = vec![
         (
             vec![
                 "backfill",
                 "--route",
-                &route,
+                route,
                 "--cassandra",
                 "127.0.0.1:9042",
             ],
@@ -930,30 +774,19 @@ fn usage_errors_unreachable_cassandra_and_secrets() {
             "--prefix",
         ),
         (
-            vec![
-                "backfill",
-                "--route",
-                &route,
-                "--prefix",
-                "/x/",
-                "--resume",
-                "--restart",
-                "--cassandra",
-                "127.0.0.1:9042",
-            ],
+            cat(
+                &bf,
+                &["--resume", "--restart", "--cassandra", "127.0.0.1:9042"],
+            ),
             2,
             "cannot be used with",
         ),
-        (
-            vec!["backfill", "--route", &route, "--prefix", "/x/"],
-            2,
-            "--cassandra",
-        ),
+        (bf.to_vec(), 2, "--cassandra"),
         (
             vec![
                 "backfill",
                 "--route",
-                &route,
+                route,
                 "--prefix",
                 "",
                 "--cassandra",
@@ -963,17 +796,7 @@ fn usage_errors_unreachable_cassandra_and_secrets() {
             "empty prefix",
         ),
         (
-            vec![
-                "verify",
-                "--route",
-                &route,
-                "--prefix",
-                "/x/",
-                "--sample",
-                "0",
-                "--cassandra",
-                "h:1",
-            ],
+            cat(&vf, &["--sample", "0", "--cassandra", "h:1"]),
             2,
             "--sample",
         ),
@@ -991,17 +814,7 @@ fn usage_errors_unreachable_cassandra_and_secrets() {
             "route",
         ),
         (
-            vec![
-                "backfill",
-                "--route",
-                &route,
-                "--prefix",
-                "/x/",
-                "--cassandra",
-                "h:1",
-                "--username",
-                "u",
-            ],
+            cat(&bf, &["--cassandra", "h:1", "--username", "u"]),
             2,
             "--password-file",
         ),
@@ -1016,7 +829,7 @@ fn usage_errors_unreachable_cassandra_and_secrets() {
                 "--log",
                 "/nonexistent.log",
                 "--route",
-                &route,
+                route,
                 "--cassandra",
                 "h:1",
             ],
@@ -1024,84 +837,43 @@ fn usage_errors_unreachable_cassandra_and_secrets() {
             "cannot open log",
         ),
         (
-            vec![
-                "replay-errors",
-                "--log",
-                &log_s,
-                "--route",
-                &route,
-                "--cassandra",
-                "h:1",
-                "--since",
-                "soon",
-            ],
+            cat(&rp, &["--cassandra", "h:1", "--since", "soon"]),
             2,
             "--since",
         ),
         (
-            vec![
-                "backfill",
-                "--route",
-                &route,
-                "--prefix",
-                "/x/",
-                "--checkpoint",
-                &cp,
-                "--cassandra",
-                "127.0.0.1:1",
-            ],
+            cat(&bf, &["--checkpoint", &cp, "--cassandra", "127.0.0.1:1"]),
             3,
             "cannot connect",
         ),
         (
-            vec![
-                "verify",
-                "--route",
-                &route,
-                "--prefix",
-                "/x/",
-                "--cassandra",
-                "127.0.0.1:1",
-            ],
+            cat(&vf, &["--cassandra", "127.0.0.1:1"]),
             3,
             "cannot connect",
         ),
         (
-            vec![
-                "replay-errors",
-                "--log",
-                &log_s,
-                "--route",
-                &route,
-                "--cassandra",
-                "127.0.0.1:1",
-            ],
+            cat(&rp, &["--cassandra", "127.0.0.1:1"]),
             3,
             "cannot connect",
         ),
         (
-            vec![
-                "verify",
-                "--route",
-                &route,
-                "--prefix",
-                "/x/",
-                "--cassandra",
-                &env.native,
-                "--username",
-                "doubandb_test",
-                "--password-file",
-                &bad_pw_s,
-            ],
+            cat(
+                &vf,
+                &[
+                    "--cassandra",
+                    &env.native,
+                    "--username",
+                    "doubandb_test",
+                    "--password-file",
+                    &bad_pw_s,
+                ],
+            ),
             2,
             "error:",
         ),
     ];
     for (args, want, msg) in cases {
-        let o = Command::new(beansctl_path())
-            .args(&args)
-            .output()
-            .expect("run");
+        let o = beansctl(&args);
         assert_eq!(code(&o), want, "{args:?}: {}", show(&o));
         let err = text(&o.stderr);
         assert!(err.contains("error:"), "{args:?}: {}", show(&o));
@@ -1195,17 +967,13 @@ fn replay_errors_with_proxy_maps() {
         &proxy,
         "--json",
     ]);
-    let s = json_of(&o);
-    assert_eq!(code(&o), 0, "{}", show(&o));
+    let s = json_exit(&o, 0);
     assert_eq!(
         (num(&s, "written"), num(&s, "skipped_status")),
         (2, 1),
         "{s}"
     );
-    assert_eq!(
-        env.row(&dual).map(|r| r.body),
-        Some(dual.as_bytes().to_vec())
-    );
+    assert_eq!(env.body(&dual), Some(dual.as_bytes().to_vec()));
     assert_eq!(env.row(&brw), None);
     assert_eq!(env.row(&ark), None, "ark keys go to kvstore_ark");
     assert_eq!(

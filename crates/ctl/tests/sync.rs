@@ -4,16 +4,14 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fs;
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use beansdb_client::{Client, StoreReply};
-use common::{bucket_of, text, NotReady, Probe};
+use common::{bucket_of, text, unique_ports, NotReady, Probe};
 use serde_json::Value;
 
 const NUMBUCKET: usize = 16;
@@ -110,25 +108,6 @@ struct Cluster {
     numbucket: usize,
     route: PathBuf,
     rt: tokio::runtime::Runtime,
-}
-
-/// Ports never handed out twice by this process (parallel tests each start a cluster), each
-/// probed free by binding it.
-fn unique_ports(n: usize) -> Vec<u16> {
-    static USED: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
-    let mut used = USED.lock().unwrap_or_else(|e| e.into_inner());
-    let mut held = Vec::new();
-    let mut ports = Vec::new();
-    while ports.len() < n {
-        let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-        let p = l.local_addr().expect("local addr").port();
-        if used.insert(p) {
-            ports.push(p);
-        }
-        // Held until all are picked, so the OS cannot hand the same port out twice.
-        held.push(l);
-    }
-    ports
 }
 
 impl Cluster {

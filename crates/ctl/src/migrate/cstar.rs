@@ -57,6 +57,17 @@ pub struct Resolved {
     pub from_proxy_config: bool,
 }
 
+impl Resolved {
+    /// The maps when no proxy supplies them: the proxy config's, else none.
+    pub fn own_maps(&self) -> MapSource {
+        if self.from_proxy_config {
+            MapSource::Config
+        } else {
+            MapSource::None
+        }
+    }
+}
+
 /// `--proxy-config` plus the overriding flags → the config to connect with. Exit 2 on any
 /// problem; nothing here ever formats the password.
 pub fn resolve(a: &CstarArgs, g: &GlobalOpts) -> CliResult<Resolved> {

@@ -3,14 +3,19 @@
 //! fetched with `get @@<khash>`.
 
 use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
 
 use beansdb_route::Route;
 use futures::StreamExt;
 use parking_lot::Mutex;
 
+use crate::cli::GlobalOpts;
 use crate::interrupt::Interrupt;
+use crate::output::{Progress, Ticker};
 use crate::sync::node::NodeConn;
 use crate::sync::wire::{parse_listing, parse_raw, KeyLine, Listing};
+use crate::units::hms;
 
 use super::nodes::Pool;
 
@@ -65,13 +70,14 @@ pub async fn list(conn: &mut NodeConn, path: &str) -> Result<Listing, String> {
     parse_listing(body.as_deref(), path).map_err(|e| format!("{} get {key}: {e}", conn.addr()))
 }
 
-/// `get @@<khash>`: the record, or `None` when it vanished since the listing.
-pub async fn fetch(conn: &mut NodeConn, khash: u64) -> Result<Option<WalkRecord>, String> {
+/// `get @@<khash>` on `source` over a pooled connection: the record, or `None` when it
+/// vanished since the listing.
+pub async fn fetch(pool: &Pool, source: &str, khash: u64) -> Result<Option<WalkRecord>, String> {
     let key = format!("@@{khash:016x}");
-    let body = conn
-        .get(key.as_bytes())
-        .await
-        .map_err(|e| format!("get {key}: {e}"))?;
+    let mut conn = pool.take(source);
+    let body = conn.get(key.as_bytes()).await;
+    pool.put(conn);
+    let body = body.map_err(|e| format!("get {key}: {e}"))?;
     let Some(body) = body else {
         return Ok(None);
     };
@@ -188,7 +194,60 @@ pub enum BucketEnd {
 /// Where the walk is, for progress lines.
 #[derive(Default)]
 pub struct WalkPosition {
+    /// Index of the bucket being walked in the tool's bucket list.
+    pub bucket: Mutex<usize>,
+    /// The key listing being processed (set by [`walk_bucket`]).
     pub path: Mutex<String>,
+}
+
+/// The progress line of a walk over buckets (cassandra.md §9.1), with where the walk is and
+/// when it began.
+pub struct WalkProgress {
+    pub position: Arc<WalkPosition>,
+    pub start: Instant,
+    ticker: Ticker,
+}
+
+impl WalkProgress {
+    /// Starts refreshing `<name>: bucket <i>/<n> path <p> <counts> rate=<r>/s elapsed=<t>`,
+    /// where `counts()` gives the tool's counters and the number of records the rate is about.
+    pub fn start(
+        name: &'static str,
+        g: &GlobalOpts,
+        n: usize,
+        counts: impl Fn() -> (String, u64) + Send + 'static,
+    ) -> WalkProgress {
+        let position = Arc::new(WalkPosition::default());
+        let start = Instant::now();
+        let at = position.clone();
+        let ticker = Ticker::start(Progress::new_raw(name, g), move || {
+            let secs = start.elapsed().as_secs_f64().max(0.001);
+            let (counts, done) = counts();
+            let i = *at.bucket.lock();
+            let msg = format!(
+                "{name}: bucket {}/{n} path {} {counts} rate={:.0}/s elapsed={}",
+                (i + 1).min(n),
+                at.path.lock(),
+                done as f64 / secs,
+                hms(start.elapsed()),
+            );
+            (i as u64, n as u64, msg)
+        });
+        WalkProgress {
+            position,
+            start,
+            ticker,
+        }
+    }
+
+    /// Marks bucket number `i` of the tool's list as the one being walked.
+    pub fn at_bucket(&self, i: usize) {
+        *self.position.bucket.lock() = i;
+    }
+
+    pub fn finish(&self) {
+        self.ticker.finish();
+    }
 }
 
 /// Walks `bucket` on its first answering main, processing each key listing's records with
