@@ -153,9 +153,10 @@ fn cassandra_section(c: Option<&DevCassandra>, p: &Paths) -> String {
 pub fn proxy_yaml(l: &Layout, p: &Paths, cstar: Option<&DevCassandra>) -> String {
     format!(
         "# Written by beansctl dev-cluster. Regenerated on each start unless --keep-config is given.\n\
-         # The access log is on so that it can feed `beansctl replay`.\n\
+         # The access log is on so that it can feed `beansctl replay`. threads: the proxy's\n\
+         # embedded default (its connections to the nodes wait far more than they compute).\n\
          proxy:\n  hostname: {host}\n  listen: {host}\n  port: {port}\n  webport: {web}\n  \
-         threads: 2\n  errorlog: {errlog}\n  accesslog: {acclog}\n\
+         threads: 8\n  errorlog: {errlog}\n  accesslog: {acclog}\n\
          mc:\n  timeout_ms: 3000\n\
          dstore:\n  enable: true\n  n: {n}\n  w: {w}\n  r: {r}\n  \
          # Short probe timings, so a node stopped by hand is seen back within a second or two.\n  \
