@@ -126,9 +126,15 @@ def test_getm_across_prefixes_in_request_order(cl):
     for key in order:
         if key in hits and key not in [w[0] for w in want]:
             want.append((key, b"0", hits[key]))
+    before = {st: cstar.metric(cl.proxy, "beansproxy_requests_by_status_total", status=st, cmd="getm")
+              for st in (BRW, BRW_CW, BW_CRW, CRW, CR)}
     with cl.proxy.raw() as c:
         got = c.retrieve(b"get " + b" ".join(order))
         assert [(g[0], b"%d" % g[1], g[2]) for g in got] == want
+    # One count per status present among the request's keys (§5.6).
+    for st, n in before.items():
+        assert cstar.metric(cl.proxy, "beansproxy_requests_by_status_total", status=st,
+                            cmd="getm") == n + 1, st
     mc = cl.proxy.mc()
     res = mc.get_multi([x.decode() for x in order])
     assert {x.encode(): v for x, v in res.items()} == hits

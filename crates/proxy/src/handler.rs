@@ -501,6 +501,9 @@ impl Proxy {
                 "incr"
             }
         };
+        if self.cstar.is_some() {
+            metrics::requests_by_status(metric, cmd_keys(cmd).iter().map(|k| snap.status(k)));
+        }
         // The body is ours now: SetData until the last backend write using it ends.
         let body = match cmd {
             Command::Set { value, .. } => Some(Body::new(value.clone())),

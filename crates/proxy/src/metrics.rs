@@ -163,6 +163,24 @@ impl RequestMetrics {
     }
 }
 
+/// `beansproxy_requests_by_status_total`: once per request for each status among its keys.
+pub fn requests_by_status(
+    cmd: &'static str,
+    statuses: impl Iterator<Item = beansdb_cassandra::Status>,
+) {
+    let mut seen = [false; 5];
+    for s in statuses {
+        let i = beansdb_cassandra::Status::ALL
+            .iter()
+            .position(|x| *x == s)
+            .unwrap_or(0);
+        if !std::mem::replace(&mut seen[i], true) {
+            counter!("beansproxy_requests_by_status_total", "status" => s.as_str(), "cmd" => cmd)
+                .increment(1);
+        }
+    }
+}
+
 /// A request served (partly) by Cassandra (cassandra.md §5.6).
 pub fn cstar_request(cmd: &'static str, failed: bool) {
     counter!("gobeansproxy_total_reqs", "cmd" => cmd, "store" => "cstar").increment(1);
