@@ -4,7 +4,6 @@
 //! the remaining replicas finish in the background (holding the value, accounted in SetData).
 //! Reads are plain futures: when the request deadline drops them, their connections close.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -12,6 +11,7 @@ use std::time::Instant;
 use beansdb_protocol::client::Response;
 use beansdb_protocol::response as resp;
 use bytes::Bytes;
+use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinSet;
 use tracing::warn;
@@ -307,25 +307,25 @@ impl Exec<'_> {
             if groups.is_empty() {
                 break;
             }
-            let mut tasks = JoinSet::new();
-            let mut task_group = HashMap::new();
-            for (gi, g) in groups.iter().enumerate() {
-                if table.backups().contains(&g.host) {
-                    metrics::backup_read();
-                }
-                let host = self.state.host(g.host).clone();
-                let ks: Vec<Bytes> = g.keys.iter().map(|&i| plan.key(i).clone()).collect();
-                let deadline = self.deadline;
-                let handle = tasks.spawn(async move {
-                    let r = host.get(&ks, Op::Getm, deadline).await;
-                    (gi, r)
-                });
-                task_group.insert(handle.id(), gi);
-            }
-            while let Some(done) = tasks.join_next_with_id().await {
-                match done {
-                    Ok((_, (gi, Ok(items)))) => {
-                        let g = &groups[gi];
+            // The groups run concurrently inside this request's task: spawning one task per
+            // group costs allocations and cross-thread wake-ups for no gain (they only wait).
+            let mut pending: FuturesUnordered<_> = groups
+                .iter()
+                .enumerate()
+                .map(|(gi, g)| {
+                    if table.backups().contains(&g.host) {
+                        metrics::backup_read();
+                    }
+                    let host = self.state.host(g.host).clone();
+                    let ks: Vec<Bytes> = g.keys.iter().map(|&i| plan.key(i).clone()).collect();
+                    let deadline = self.deadline;
+                    async move { (gi, host.get(&ks, Op::Getm, deadline).await) }
+                })
+                .collect();
+            while let Some((gi, r)) = pending.next().await {
+                let g = &groups[gi];
+                match r {
+                    Ok(items) => {
                         self.targets.push(self.state.table.addr(g.host));
                         for item in items {
                             if let Some(i) = plan.position(&item.key) {
@@ -334,13 +334,7 @@ impl Exec<'_> {
                         }
                         plan.answered(g);
                     }
-                    Ok((_, (gi, Err(_)))) => plan.failed(&groups[gi]),
-                    Err(e) => {
-                        // A panicked backend task: its keys did not get an answer.
-                        if let Some(&gi) = task_group.get(&e.id()) {
-                            plan.failed(&groups[gi]);
-                        }
-                    }
+                    Err(_) => plan.failed(g),
                 }
             }
         }
