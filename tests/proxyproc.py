@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -36,6 +35,19 @@ REPO = os.path.dirname(HERE)
 def find_proxy_binary() -> Optional[str]:
     path = os.environ.get("BEANSPROXY_BIN") or os.path.join(REPO, "target", "debug", "beansproxy")
     return path if os.path.isfile(path) and os.access(path, os.X_OK) else None
+
+
+# The spread route of proxy.md §4.8 on its fixed example ports (config tests that never
+# start the nodes).
+SPREAD_ROUTE_YAML = """numbucket: 16
+main:
+- {addr: 127.0.0.1:7910, buckets: [0, 3, 4, 5, 8, 9, a, d, e, f]}
+- {addr: 127.0.0.1:7920, buckets: [0, 1, 4, 5, 6, 9, a, b, e, f]}
+- {addr: 127.0.0.1:7930, buckets: [0, 1, 2, 5, 6, 7, a, b, c, f]}
+- {addr: 127.0.0.1:7940, buckets: [1, 2, 3, 6, 7, 8, b, c, d]}
+- {addr: 127.0.0.1:7950, buckets: [2, 3, 4, 7, 8, 9, c, d, e]}
+backup: [127.0.0.1:7960]
+"""
 
 
 # ----- hashing (proxy.md §3.3, §3.4)

@@ -16,15 +16,7 @@ import nodeproc
 import proxyproc
 from cstar import BRW_CW, CR, CRW, wait_until
 
-ROUTE = """numbucket: 16
-main:
-- {addr: 127.0.0.1:7910, buckets: [0, 3, 4, 5, 8, 9, a, d, e, f]}
-- {addr: 127.0.0.1:7920, buckets: [0, 1, 4, 5, 6, 9, a, b, e, f]}
-- {addr: 127.0.0.1:7930, buckets: [0, 1, 2, 5, 6, 7, a, b, c, f]}
-- {addr: 127.0.0.1:7940, buckets: [1, 2, 3, 6, 7, 8, b, c, d]}
-- {addr: 127.0.0.1:7950, buckets: [2, 3, 4, 7, 8, 9, c, d, e]}
-backup: [127.0.0.1:7960]
-"""
+ROUTE = proxyproc.SPREAD_ROUTE_YAML
 VALID = "valid: br1w1cr0w0, br1w1cr0w1, br0w1cr1w1, br0w0cr1w1, br0w0cr1w0"
 SECRET_ROLE, SECRET = "beans_secret_role", "S3cr3t-beans-pw"
 WRONG = "Wr0ng-beans-pw-Q7"
