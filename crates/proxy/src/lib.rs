@@ -17,6 +17,7 @@ pub mod getm;
 pub mod handler;
 pub mod health;
 pub mod http;
+pub mod lanes;
 pub mod limiter;
 pub mod logging;
 pub mod metrics;
