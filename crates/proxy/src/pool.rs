@@ -533,6 +533,18 @@ impl Host {
         r
     }
 
+    /// Before each attempt: a down host is not contacted, and a spent deadline would only
+    /// burn a connection.
+    fn ready(&self, deadline: Instant) -> Result<(), BackendError> {
+        if !self.is_up() {
+            return Err(BackendError::Down);
+        }
+        if Instant::now() >= deadline {
+            return Err(BackendError::Deadline);
+        }
+        Ok(())
+    }
+
     /// One exchange over a pipelined lane, with the failure rules of an exclusive connection.
     /// `retry`: a request aborted by the lane closing under it may be sent again (reads; a
     /// write may already have been applied).
@@ -546,12 +558,7 @@ impl Host {
     ) -> Result<Response, BackendError> {
         let mut retried = false;
         loop {
-            if !self.is_up() {
-                return Err(BackendError::Down);
-            }
-            if Instant::now() >= deadline {
-                return Err(BackendError::Deadline);
-            }
+            self.ready(deadline)?;
             let lane = if retried {
                 self.lanes.pick_fresh(|| self.connect(deadline)).await?
             } else {
@@ -654,13 +661,7 @@ impl Host {
     ) -> Result<Response, BackendError> {
         let mut retried = false;
         loop {
-            if !self.is_up() {
-                return Err(BackendError::Down);
-            }
-            if Instant::now() >= deadline {
-                // Checking out first would burn a pooled connection on a zero budget.
-                return Err(BackendError::Deadline);
-            }
+            self.ready(deadline)?;
             let (mut conn, reused) = self.checkout(deadline, retried).await?;
             let remaining = deadline.saturating_duration_since(Instant::now());
             let budget = timeout.min(remaining);
