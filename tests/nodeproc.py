@@ -15,6 +15,7 @@ import copy
 import json
 import os
 import signal
+import random
 import socket
 import subprocess
 import time
@@ -36,10 +37,35 @@ def find_binary() -> Optional[str]:
     return path if os.path.isfile(path) and os.access(path, os.X_OK) else None
 
 
+def _ephemeral_start() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+_HANDED_OUT = set()
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free port *below* the kernel's ephemeral range. Ports handed out are bound later by
+    the processes under test (and kept across restarts); one from the ephemeral range could
+    meanwhile become the source port of some outgoing connection (a proxy's backend
+    connection, the Cassandra driver) and the bind would fail. Never the same port twice."""
+    top = _ephemeral_start() - 1
+    for _ in range(1000):
+        port = random.randint(20000, top)
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
+    raise RuntimeError("no free port below the ephemeral range")
 
 
 def deep_merge(base: dict, over: Optional[dict]) -> dict:

@@ -255,13 +255,32 @@ impl Conn {
     }
 }
 
-/// The bytes of a request that goes over a lane: gets and deletes. Sets keep exclusive
-/// connections: a node's write path is slower than its reads, and gets queued behind sets on
-/// a lane raised the p99 of a 90/10 mix by about a millisecond (bench/README.md). Incr is not
-/// idempotent, so it is never sent twice nor queued; probes (`version`) test a new connection.
-fn lane_request(req: &Wire<'_>, kind: ReplyKind) -> Option<BytesMut> {
+/// Which lanes a request goes over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LaneClass {
+    /// Gets and deletes.
+    Read,
+    /// Sets of values up to [`INLINE_VALUE`], on lanes of their own: a node's write path is
+    /// slower than its reads, and gets queued behind sets raised the p99 of a 90/10 mix by
+    /// about a millisecond (bench/README.md).
+    Write,
+}
+
+/// The bytes of a request that goes over a lane, and which lanes. Larger values and `incr`
+/// (not idempotent: never sent twice nor queued) keep exclusive connections; probes
+/// (`version`) test a new connection.
+fn lane_request(req: &Wire<'_>, kind: ReplyKind) -> Option<(BytesMut, LaneClass)> {
     match (req, kind) {
-        (Wire::Line(b), ReplyKind::Retrieval | ReplyKind::Delete) => Some(b.clone()),
+        (Wire::Line(b), ReplyKind::Retrieval | ReplyKind::Delete) => {
+            Some((b.clone(), LaneClass::Read))
+        }
+        (Wire::Set(head, value), ReplyKind::Storage) if value.len() <= INLINE_VALUE => {
+            let mut b = BytesMut::with_capacity(head.len() + value.len() + 2);
+            b.extend_from_slice(head);
+            b.extend_from_slice(value);
+            b.extend_from_slice(b"\r\n");
+            Some((b, LaneClass::Write))
+        }
         _ => None,
     }
 }
@@ -275,8 +294,9 @@ pub struct Host {
     settings: Arc<BackendSettings>,
     idle: Mutex<Vec<Conn>>,
     slots: Arc<Semaphore>,
-    /// Pipelined connections for gets (they do not take a slot).
+    /// Pipelined connections for gets and deletes, and for small sets (no slot taken).
     lanes: Lanes,
+    write_lanes: Lanes,
     closed: AtomicBool,
     probing: AtomicBool,
 }
@@ -296,6 +316,7 @@ impl Host {
             metrics: metrics::HostMetrics::new(addr),
             slots: Arc::new(Semaphore::new(settings.max_conns.max(1))),
             lanes: Lanes::default(),
+            write_lanes: Lanes::default(),
             settings,
             idle: Mutex::new(Vec::new()),
             closed: AtomicBool::new(false),
@@ -322,7 +343,7 @@ impl Host {
             .saturating_sub(self.slots.available_permits());
         ConnCounts {
             idle,
-            busy: open.saturating_sub(idle) + self.lanes.open(),
+            busy: open.saturating_sub(idle) + self.lanes.open() + self.write_lanes.open(),
         }
     }
 
@@ -332,6 +353,7 @@ impl Host {
         self.closed.store(true, Ordering::Relaxed);
         self.idle.lock().clear();
         self.lanes.clear();
+        self.write_lanes.clear();
     }
 
     pub fn is_closed(&self) -> bool {
@@ -511,8 +533,13 @@ impl Host {
     ) -> Result<Response, BackendError> {
         let started = Instant::now();
         let r = match lane_request(&req, kind) {
-            Some(line) => {
+            Some((line, class)) => {
+                let lanes = match class {
+                    LaneClass::Read => &self.lanes,
+                    LaneClass::Write => &self.write_lanes,
+                };
                 self.call_lane(
+                    lanes,
                     line,
                     kind,
                     timeout,
@@ -550,6 +577,7 @@ impl Host {
     /// write may already have been applied).
     async fn call_lane(
         self: &Arc<Self>,
+        lanes: &Lanes,
         line: BytesMut,
         kind: ReplyKind,
         timeout: Duration,
@@ -560,13 +588,13 @@ impl Host {
         loop {
             self.ready(deadline)?;
             let lane = if retried {
-                self.lanes.pick_fresh(|| self.connect(deadline)).await?
+                lanes.pick_fresh(|| self.connect(deadline)).await?
             } else {
-                self.lanes.pick(|| self.connect(deadline)).await?
+                lanes.pick(|| self.connect(deadline)).await?
             };
             let Some(rx) = lane.send(line.clone(), kind) else {
                 // The lane ended between picking and sending.
-                self.lanes.discard(&lane);
+                lanes.discard(&lane);
                 if !retried {
                     retried = true;
                     continue;
@@ -586,11 +614,11 @@ impl Host {
                 Ok(Ok(Err(LaneError::Aborted))) | Ok(Err(_)) if retry && !retried => {
                     // Closed under us for another request, or the backend closed an idle
                     // connection: not this host's failure; once more on a new lane.
-                    self.lanes.discard(&lane);
+                    lanes.discard(&lane);
                     retried = true;
                 }
                 Ok(Ok(Err(LaneError::Aborted))) | Ok(Err(_)) => {
-                    self.lanes.discard(&lane);
+                    lanes.discard(&lane);
                     if retried {
                         self.failed(false);
                     }
@@ -600,12 +628,12 @@ impl Host {
                     )));
                 }
                 Ok(Ok(Err(LaneError::Io(e)))) => {
-                    self.lanes.discard(&lane);
+                    lanes.discard(&lane);
                     self.failed(false);
                     return Err(BackendError::Io(e));
                 }
                 Ok(Ok(Err(LaneError::Proto(m)))) => {
-                    self.lanes.discard(&lane);
+                    lanes.discard(&lane);
                     self.failed(false);
                     return Err(BackendError::Proto(m));
                 }
@@ -616,7 +644,7 @@ impl Host {
                     }
                     // The host is stuck on this lane: close it (requests queued behind are
                     // retried) and count the timeout.
-                    self.lanes.discard(&lane);
+                    lanes.discard(&lane);
                     self.failed(false);
                     return Err(BackendError::Timeout);
                 }
@@ -774,6 +802,7 @@ impl Host {
             metrics::host_up(&self.addr, false);
             self.idle.lock().clear();
             self.lanes.clear();
+            self.write_lanes.clear();
             self.start_probe();
         }
     }
