@@ -193,20 +193,6 @@ pub struct DualWriteErrSection {
     pub max_backups: i64,
 }
 
-impl Default for DualWriteErrSection {
-    fn default() -> Self {
-        DualWriteErrSection {
-            dump_to_dir: String::new(),
-            log_file_name: "dual_write_err.log".into(),
-            logger_level: "INFO".into(),
-            rotate_size_mb: 100,
-            compress: false,
-            max_ages: 7,
-            max_backups: 100,
-        }
-    }
-}
-
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ShadowReadSection {
     pub enable: bool,
@@ -215,19 +201,6 @@ pub struct ShadowReadSection {
     pub max_inflight: i64,
     pub recheck_delay_ms: i64,
     pub mismatch_log: String,
-}
-
-impl Default for ShadowReadSection {
-    fn default() -> Self {
-        ShadowReadSection {
-            enable: false,
-            ratio: 0.01,
-            prefixes: Vec::new(),
-            max_inflight: 64,
-            recheck_delay_ms: 500,
-            mismatch_log: String::new(),
-        }
-    }
 }
 
 /// `cassandra:` section (cassandra.md §3.1). Parsed and dumped; validated only when enabled.
@@ -255,25 +228,61 @@ pub struct CassandraSection {
     pub shadow_read: ShadowReadSection,
 }
 
+/// Defaults come from the Cassandra crate's section (one place for gobeansproxy's values);
+/// numbers are widened to `i64` so a bad value in proxy.yaml reaches the validator.
+fn wide(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+impl Default for DualWriteErrSection {
+    fn default() -> Self {
+        let d = CassandraConfig::default().dual_write_err_cfg;
+        DualWriteErrSection {
+            dump_to_dir: d.dump_to_dir,
+            log_file_name: d.log_file_name,
+            logger_level: d.logger_level,
+            rotate_size_mb: wide(d.rotate_size_mb),
+            compress: d.compress,
+            max_ages: wide(d.max_ages),
+            max_backups: wide(d.max_backups),
+        }
+    }
+}
+
+impl Default for ShadowReadSection {
+    fn default() -> Self {
+        let d = CassandraConfig::default().shadow_read;
+        ShadowReadSection {
+            enable: d.enable,
+            ratio: d.ratio,
+            prefixes: d.prefixes,
+            max_inflight: wide(d.max_inflight as u64),
+            recheck_delay_ms: wide(d.recheck_delay_ms),
+            mismatch_log: d.mismatch_log,
+        }
+    }
+}
+
 impl Default for CassandraSection {
     fn default() -> Self {
+        let d = CassandraConfig::default();
         CassandraSection {
-            enable: false,
-            hosts: Vec::new(),
-            default_key_space: String::new(),
-            default_table: String::new(),
-            timeout_ms: 1000,
-            write_timeout_ms: 1000,
-            connect_timeout_ms: 3000,
-            retry_num: 3,
-            reconnect_interval_sec: 180,
-            num_conns: 10,
-            max_conn_for_getm: 16,
-            username: String::new(),
+            enable: d.enable,
+            hosts: d.hosts,
+            default_key_space: d.default_key_space,
+            default_table: d.default_table,
+            timeout_ms: wide(d.timeout_ms),
+            write_timeout_ms: wide(d.write_timeout_ms),
+            connect_timeout_ms: wide(d.connect_timeout_ms),
+            retry_num: i64::from(d.retry_num),
+            reconnect_interval_sec: wide(d.reconnect_interval_sec),
+            num_conns: wide(d.num_conns as u64),
+            max_conn_for_getm: wide(d.max_conn_for_getm as u64),
+            username: d.username,
             password: String::new(),
-            password_file: String::new(),
-            consistency: String::new(),
-            default_storage: String::new(),
+            password_file: d.password_file,
+            consistency: d.consistency,
+            default_storage: d.default_storage,
             prefix_rw_dispatcher_cfg: DispatcherSection::default(),
             prefix_table_dispatcher_cfg: DispatcherSection::default(),
             dual_write_err_cfg: DualWriteErrSection::default(),

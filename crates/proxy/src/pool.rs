@@ -439,23 +439,15 @@ impl Host {
             false,
         )
         .map_err(|e| BackendError::Proto(e.to_string()))?;
-        let resp = self
-            .call(
-                Op::Set,
-                Wire::Set(head, value),
-                ReplyKind::Storage,
-                self.settings.write_timeout,
-                deadline,
-                true,
-            )
-            .await?;
-        let label = match &resp {
-            Response::Stored => "ok",
-            Response::Error { .. } => "server_error",
-            _ => "not_stored",
-        };
-        self.metrics.result(Op::Set, label);
-        Ok(resp)
+        self.call_counted(
+            Op::Set,
+            Wire::Set(head, value),
+            ReplyKind::Storage,
+            self.settings.write_timeout,
+            deadline,
+            true,
+        )
+        .await
     }
 
     pub async fn delete(
@@ -465,23 +457,15 @@ impl Host {
     ) -> Result<Response, BackendError> {
         let mut line = BytesMut::with_capacity(key.len() + 10);
         encode_delete(&mut line, key, false).map_err(|e| BackendError::Proto(e.to_string()))?;
-        let resp = self
-            .call(
-                Op::Delete,
-                Wire::Line(line),
-                ReplyKind::Delete,
-                self.settings.read_timeout,
-                deadline,
-                true,
-            )
-            .await?;
-        let label = match &resp {
-            Response::Deleted => "ok",
-            Response::NotFound => "miss",
-            _ => "server_error",
-        };
-        self.metrics.result(Op::Delete, label);
-        Ok(resp)
+        self.call_counted(
+            Op::Delete,
+            Wire::Line(line),
+            ReplyKind::Delete,
+            self.settings.read_timeout,
+            deadline,
+            true,
+        )
+        .await
     }
 
     /// `incr`: never retried (not idempotent).
@@ -494,22 +478,40 @@ impl Host {
         let mut line = BytesMut::with_capacity(key.len() + 30);
         encode_incr(&mut line, key, delta, false)
             .map_err(|e| BackendError::Proto(e.to_string()))?;
+        self.call_counted(
+            Op::Incr,
+            Wire::Line(line),
+            ReplyKind::Incr,
+            self.settings.read_timeout,
+            deadline,
+            false,
+        )
+        .await
+    }
+
+    /// A write exchange, its reply counted in the backend result metric.
+    async fn call_counted(
+        self: &Arc<Self>,
+        op: Op,
+        req: Wire<'_>,
+        kind: ReplyKind,
+        timeout: Duration,
+        deadline: Instant,
+        retry_stale: bool,
+    ) -> Result<Response, BackendError> {
         let resp = self
-            .call(
-                Op::Incr,
-                Wire::Line(line),
-                ReplyKind::Incr,
-                self.settings.read_timeout,
-                deadline,
-                false,
-            )
+            .call(op, req, kind, timeout, deadline, retry_stale)
             .await?;
-        let label = match &resp {
-            Response::Number(_) => "ok",
-            Response::NotFound => "miss",
+        let label = match (op, &resp) {
+            (Op::Set, Response::Stored)
+            | (Op::Delete, Response::Deleted)
+            | (Op::Incr, Response::Number(_)) => "ok",
+            (Op::Delete | Op::Incr, Response::NotFound) => "miss",
+            (Op::Set, Response::Error { .. }) => "server_error",
+            (Op::Set, _) => "not_stored",
             _ => "server_error",
         };
-        self.metrics.result(Op::Incr, label);
+        self.metrics.result(op, label);
         Ok(resp)
     }
 
