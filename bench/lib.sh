@@ -9,6 +9,10 @@ die() { log "error: $*"; exit 1; }
 
 command -v python3 >/dev/null || die "python3 is needed to read the JSON reports"
 
+# Rounds of each workload per server; the report takes medians (bench/report.py).
+REPEAT=${REPEAT:-3}
+[[ $REPEAT =~ ^[1-9][0-9]*$ ]] || die "REPEAT must be a positive integer, got '$REPEAT'"
+
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 # A port nobody listens on, below Linux's ephemeral range so outgoing connections do not
@@ -24,30 +28,44 @@ free_port() {
     done
 }
 
-# run_bench NAME SERVER PORT ARGS… → writes $WORK/NAME.SERVER.json
+# run_bench NAME SERVER PORT ROUND ARGS… → writes $WORK/NAME.SERVER.rROUND.json
 run_bench() {
-    local name=$1 server=$2 port=$3
-    shift 3
-    log "running $name against $server: beansctl bench --target 127.0.0.1:$port --connections $CONNS --keys $KEYS --value-size $VALUE --duration $DURATION --warmup $WARMUP --seed 1 $*"
+    local name=$1 server=$2 port=$3 round=$4
+    shift 4
+    log "running $name (round $round/$REPEAT) against $server: beansctl bench --target 127.0.0.1:$port --connections $CONNS --keys $KEYS --value-size $VALUE --duration $DURATION --warmup $WARMUP --seed 1 $*"
     "$BEANSCTL" bench -q --json --target "127.0.0.1:$port" --connections "$CONNS" \
         --keys "$KEYS" --value-size "$VALUE" --duration "$DURATION" --warmup "$WARMUP" \
-        --seed 1 "$@" >"$WORK/$name.$server.json"
+        --seed 1 "$@" >"$WORK/$name.$server.r$round.json"
 }
 
-# run_workloads A A_PORT B B_PORT OPEN_DIVISOR: mix, getm20 and the open-loop mix, A and B
-# taking turns so drifting background load hits both alike. The first workload preloads every
-# key; later ones reuse the key space. Unless OPEN_RATE is set, the open-loop rate is A's mix
-# throughput divided by OPEN_DIVISOR. Leaves OPEN_RATE set.
+# run_workloads A A_PORT B B_PORT OPEN_DIVISOR: mix, getm20 and the open-loop mix, REPEAT rounds
+# each (NAME.SERVER.rN.json), A and B taking turns so drifting background load hits both alike.
+# The first mix run of each server preloads every key; later ones reuse the key space. Unless
+# OPEN_RATE is set, the open-loop rate is A's median mix throughput divided by OPEN_DIVISOR.
+# Leaves OPEN_RATE set.
 run_workloads() {
-    local a=$1 a_port=$2 b=$3 b_port=$4 divisor=$5
-    run_bench mix "$a" "$a_port" --rate 0 --mix get:90,set:10
-    run_bench mix "$b" "$b_port" --rate 0 --mix get:90,set:10
-    run_bench getm20 "$a" "$a_port" --rate 0 --mix getm:1 --getm-keys 20 --no-preload
-    run_bench getm20 "$b" "$b_port" --rate 0 --mix getm:1 --getm-keys 20 --no-preload
+    local a=$1 a_port=$2 b=$3 b_port=$4 divisor=$5 r
+    local -a preload=()
+    for r in $(seq 1 "$REPEAT"); do
+        run_bench mix "$a" "$a_port" "$r" --rate 0 --mix get:90,set:10 "${preload[@]}"
+        run_bench mix "$b" "$b_port" "$r" --rate 0 --mix get:90,set:10 "${preload[@]}"
+        preload=(--no-preload)
+    done
+    for r in $(seq 1 "$REPEAT"); do
+        run_bench getm20 "$a" "$a_port" "$r" --rate 0 --mix getm:1 --getm-keys 20 --no-preload
+        run_bench getm20 "$b" "$b_port" "$r" --rate 0 --mix getm:1 --getm-keys 20 --no-preload
+    done
     if [[ -z "${OPEN_RATE:-}" ]]; then
-        OPEN_RATE=$(python3 -c 'import json,sys; print(max(1000, int(json.load(open(sys.argv[1]))["throughput_rps"] / int(sys.argv[2]))))' \
-            "$WORK/mix.$a.json" "$divisor")
+        OPEN_RATE=$(python3 - "$WORK" "$a" "$divisor" <<'PY'
+import glob, json, statistics, sys
+work, a, divisor = sys.argv[1], sys.argv[2], int(sys.argv[3])
+rates = [json.load(open(f))["throughput_rps"] for f in glob.glob(f"{work}/mix.{a}.r*.json")]
+print(max(1000, int(statistics.median_low(rates) / divisor)))
+PY
+)
     fi
-    run_bench "mix@$OPEN_RATE" "$a" "$a_port" --rate "$OPEN_RATE" --mix get:90,set:10 --no-preload
-    run_bench "mix@$OPEN_RATE" "$b" "$b_port" --rate "$OPEN_RATE" --mix get:90,set:10 --no-preload
+    for r in $(seq 1 "$REPEAT"); do
+        run_bench "mix@$OPEN_RATE" "$a" "$a_port" "$r" --rate "$OPEN_RATE" --mix get:90,set:10 --no-preload
+        run_bench "mix@$OPEN_RATE" "$b" "$b_port" "$r" --rate "$OPEN_RATE" --mix get:90,set:10 --no-preload
+    done
 }

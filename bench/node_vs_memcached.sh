@@ -145,53 +145,5 @@ log "machine: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
 
 run_workloads memcached "$MC_PORT" beansdb "$NODE_PORT" 3
 
-python3 - "$WORK" "$OPEN_RATE" <<'PY'
-import json, os, sys
-
-work, open_rate = sys.argv[1], sys.argv[2]
-
-def load(name, server):
-    with open(os.path.join(work, f"{name}.{server}.json")) as f:
-        return json.load(f)
-
-def errs(r):
-    return sum(r["errors"].values())
-
-print(f"{'workload':<12} {'server':<10} {'req/s':>10} {'keys/s':>10} {'p50':>7} {'p90':>7} "
-      f"{'p99':>7} {'p99.9':>7} {'max':>8}  errors")
-rows = [("mix", "90% get / 10% set, closed loop"),
-        ("getm20", "get of 20 keys, closed loop"),
-        (f"mix@{open_rate}", f"90/10 open loop at {open_rate}/s")]
-res = {}
-for name, _ in rows:
-    for server in ("memcached", "beansdb"):
-        r = load(name, server)
-        res[(name, server)] = r
-        l = r["latency_us"]
-        print(f"{name:<12} {server:<10} {r['throughput_rps']:>10.0f} {r['keys_per_s']:>10.0f} "
-              f"{l['p50']:>7} {l['p90']:>7} {l['p99']:>7} {l['p999']:>7} {l['max']:>8}  "
-              f"{errs(r)}")
-print("(latency in µs; closed-loop latency is measured from the send, open-loop from the "
-      "scheduled time)")
-print()
-
-def ratio(name):
-    return res[(name, "beansdb")]["throughput_rps"] / max(res[(name, "memcached")]["throughput_rps"], 1e-9)
-
-ok = True
-mix_ratio, getm_ratio = ratio("mix"), ratio("getm20")
-mix_p99 = res[("mix", "beansdb")]["latency_us"]["p99"]
-open_p99 = res[(f"mix@{open_rate}", "beansdb")]["latency_us"]["p99"]
-checks = [
-    (f"mix     beansdb/memcached throughput {mix_ratio:.2f}x (goal >= 0.80x)", mix_ratio >= 0.8),
-    (f"mix     beansdb p99 {mix_p99/1000:.2f} ms closed loop (goal <= 2 ms)", mix_p99 <= 2000),
-    (f"mix     beansdb p99 {open_p99/1000:.2f} ms open loop at {open_rate}/s (goal <= 2 ms)",
-     open_p99 <= 2000),
-    (f"getm20  beansdb/memcached throughput {getm_ratio:.2f}x (goal >= 0.60x)", getm_ratio >= 0.6),
-]
-for text, passed in checks:
-    ok &= passed
-    print(f"{'PASS' if passed else 'MISS'}  {text}")
-if any(errs(r) for r in res.values()):
-    print("note: some runs had errors; see the JSON reports (KEEP=1 keeps them)")
-PY
+python3 "$(dirname "${BASH_SOURCE[0]}")/report.py" "$WORK" "$OPEN_RATE" --servers memcached,beansdb \
+    --subject beansdb --baseline memcached --mix-ratio 0.8 --getm-ratio 0.6 --p99-ms 2 --conns "$CONNS"

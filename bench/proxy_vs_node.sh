@@ -141,52 +141,5 @@ log "machine: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
 # The proxy preloads through itself (it writes 3 replicas).
 run_workloads proxy "$PROXY_PORT" direct "$NODE_PORT" 2
 
-python3 - "$WORK" "$OPEN_RATE" <<'PY'
-import json, os, sys
-
-work, open_rate = sys.argv[1], sys.argv[2]
-
-def load(name, target):
-    with open(os.path.join(work, f"{name}.{target}.json")) as f:
-        return json.load(f)
-
-def errs(r):
-    return sum(r["errors"].values())
-
-print(f"{'workload':<12} {'target':<8} {'req/s':>10} {'keys/s':>10} {'p50':>7} {'p90':>7} "
-      f"{'p99':>7} {'p99.9':>7} {'max':>8}  errors")
-names = ["mix", "getm20", f"mix@{open_rate}"]
-res = {}
-for name in names:
-    for target in ("proxy", "direct"):
-        r = load(name, target)
-        res[(name, target)] = r
-        l = r["latency_us"]
-        print(f"{name:<12} {target:<8} {r['throughput_rps']:>10.0f} {r['keys_per_s']:>10.0f} "
-              f"{l['p50']:>7} {l['p90']:>7} {l['p99']:>7} {l['p999']:>7} {l['max']:>8}  "
-              f"{errs(r)}")
-print("(latency in µs; closed-loop latency is measured from the send, open-loop from the "
-      "scheduled time)")
-print()
-
-def ratio(name):
-    return res[(name, "proxy")]["throughput_rps"] / max(res[(name, "direct")]["throughput_rps"], 1e-9)
-
-mix_ratio, getm_ratio = ratio("mix"), ratio("getm20")
-mix_p99 = res[("mix", "proxy")]["latency_us"]["p99"]
-getm_p99 = res[("getm20", "proxy")]["latency_us"]["p99"]
-open_p99 = res[(f"mix@{open_rate}", "proxy")]["latency_us"]["p99"]
-checks = [
-    (f"mix     proxy/direct throughput {mix_ratio:.2f}x (goal >= 0.40x)", mix_ratio >= 0.4),
-    (f"getm20  proxy/direct throughput {getm_ratio:.2f}x (goal >= 0.40x)", getm_ratio >= 0.4),
-    (f"mix     proxy p99 {mix_p99/1000:.2f} ms, 32-connection closed loop "
-     f"(goal <= 3 ms)", mix_p99 <= 3000),
-    (f"getm20  proxy p99 {getm_p99/1000:.2f} ms, closed loop (goal <= 3 ms)", getm_p99 <= 3000),
-    (f"mix     proxy p99 {open_p99/1000:.2f} ms open loop at {open_rate}/s (goal <= 3 ms)",
-     open_p99 <= 3000),
-]
-for text, passed in checks:
-    print(f"{'PASS' if passed else 'MISS'}  {text}")
-if any(errs(r) for r in res.values()):
-    print("note: some runs had errors; see the JSON reports (KEEP=1 keeps them)")
-PY
+python3 "$(dirname "${BASH_SOURCE[0]}")/report.py" "$WORK" "$OPEN_RATE" --servers proxy,direct \
+    --subject proxy --baseline direct --mix-ratio 0.4 --getm-ratio 0.4 --p99-ms 3 --getm-p99 --conns "$CONNS"

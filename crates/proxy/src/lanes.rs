@@ -13,7 +13,8 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use beansdb_protocol::client::{ReplyKind, Response, ResponseDecoder};
 use bytes::BytesMut;
@@ -21,11 +22,25 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
-/// Lanes per host. Two keep a large value on one lane from stalling every get of the host.
+/// Lanes per host. Requests go to the first lane that is not congested, so under normal load
+/// one lane carries nearly everything (larger batches, fewer wake-ups of the node); the second
+/// keeps a large value, or a long queue, on the first from stalling every get of the host.
 pub const LANES: usize = 2;
+
+/// A lane with more requests than this waiting for replies counts as congested.
+const CONGESTED_DEPTH: usize = 64;
+
+/// A reply whose value still has more than this many bytes to arrive marks its lane congested.
+const BIG_VALUE: usize = 64 << 10;
 
 /// A lane writes at most this much of its queue in one go.
 const WRITE_BATCH: usize = 64 << 10;
+
+/// Before writing, a lane lets the other ready tasks run (at most this many times, while they
+/// keep adding requests), so one write carries the requests of every client that is being
+/// served at that moment instead of the first one only. A yield costs a pass of the scheduler,
+/// no timer: an idle proxy writes at once.
+const MAX_YIELDS: usize = 4;
 
 /// Why a queued request got no reply.
 #[derive(Debug)]
@@ -53,26 +68,51 @@ struct Waiting {
     reply: oneshot::Sender<LaneReply>,
 }
 
+/// How busy a lane is, shared by its task and its senders.
+#[derive(Default)]
+struct Load {
+    /// Requests queued or sent and not yet answered.
+    pending: AtomicUsize,
+    /// A large value is arriving.
+    big: AtomicBool,
+}
+
 /// The sending end of one lane; dropping the last one closes the lane.
 #[derive(Clone)]
 pub struct Lane {
     tx: mpsc::UnboundedSender<Job>,
+    load: Arc<Load>,
 }
 
 impl Lane {
     /// Starts the lane's task on a connected stream.
     pub fn start(stream: TcpStream) -> Lane {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(stream, rx));
-        Lane { tx }
+        let load = Arc::new(Load::default());
+        tokio::spawn(run(stream, rx, load.clone()));
+        Lane { tx, load }
     }
 
     /// Queues one complete request (line, or header + value + `\r\n`) whose reply is of
     /// `kind`; the receiver gets the reply. `None`: the lane has ended.
     pub fn send(&self, line: BytesMut, kind: ReplyKind) -> Option<oneshot::Receiver<LaneReply>> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Job { line, kind, reply }).ok()?;
+        self.load.pending.fetch_add(1, Ordering::Relaxed);
+        if self.tx.send(Job { line, kind, reply }).is_err() {
+            self.load.pending.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
         Some(rx)
+    }
+
+    /// Requests waiting on this lane.
+    fn pending(&self) -> usize {
+        self.load.pending.load(Ordering::Relaxed)
+    }
+
+    /// Too busy to take more requests while another lane could.
+    fn congested(&self) -> bool {
+        self.load.big.load(Ordering::Relaxed) || self.pending() > CONGESTED_DEPTH
     }
 
     pub fn is_closed(&self) -> bool {
@@ -100,21 +140,37 @@ impl Default for Lanes {
 }
 
 impl Lanes {
-    /// A running lane, connecting with `connect` when its slot is empty. Concurrent callers of
-    /// one slot wait for the same connect.
+    /// A running lane: the first one that is not congested, else the least loaded; an empty
+    /// slot is connected with `connect` when every lane before it is congested. Concurrent
+    /// callers of one slot wait for the same connect.
     pub async fn pick<F, Fut, E>(&self, connect: F) -> Result<Lane, E>
     where
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = Result<TcpStream, E>>,
     {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
-        let mut slot = self.slots[i].lock().await;
-        if let Some(l) = slot.as_ref().filter(|l| !l.is_closed()) {
-            return Ok(l.clone());
+        let mut best: Option<Lane> = None;
+        for slot in &self.slots {
+            let mut slot = slot.lock().await;
+            match slot.as_ref().filter(|l| !l.is_closed()) {
+                Some(l) if !l.congested() => return Ok(l.clone()),
+                Some(l) => {
+                    if best.as_ref().is_none_or(|b| l.pending() < b.pending()) {
+                        best = Some(l.clone());
+                    }
+                }
+                // The first lane, or relief for the congested ones before it.
+                None => {
+                    let lane = Lane::start(connect().await?);
+                    *slot = Some(lane.clone());
+                    return Ok(lane);
+                }
+            }
         }
-        let lane = Lane::start(connect().await?);
-        *slot = Some(lane.clone());
-        Ok(lane)
+        match best {
+            Some(l) => Ok(l),
+            // Only with no slots at all.
+            None => self.pick_fresh(connect).await,
+        }
     }
 
     /// A lane on a new connection in the next slot (replacing what was there): the retry
@@ -165,7 +221,8 @@ impl Lanes {
 }
 
 /// Fails the oldest waiting request with `first` and aborts the rest.
-fn fail_all(waiting: &mut VecDeque<Waiting>, first: LaneError) {
+fn fail_all(waiting: &mut VecDeque<Waiting>, load: &Load, first: LaneError) {
+    load.pending.fetch_sub(waiting.len(), Ordering::Relaxed);
     let mut first = Some(first);
     for w in waiting.drain(..) {
         let _ = w
@@ -186,7 +243,7 @@ fn queue(j: Job, wbuf: &mut BytesMut, waiting: &mut VecDeque<Waiting>, dec: &mut
     });
 }
 
-async fn run(stream: TcpStream, mut rx: mpsc::UnboundedReceiver<Job>) {
+async fn run(stream: TcpStream, mut rx: mpsc::UnboundedReceiver<Job>, load: Arc<Load>) {
     let (mut rd, mut wr) = stream.into_split();
     let mut waiting: VecDeque<Waiting> = VecDeque::new();
     let mut rbuf = BytesMut::with_capacity(16 << 10);
@@ -215,13 +272,13 @@ async fn run(stream: TcpStream, mut rx: mpsc::UnboundedReceiver<Job>) {
                     Ok(0) => {
                         let stale = answered > 0 && !partial;
                         let e = io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed");
-                        fail_all(&mut waiting, if stale { LaneError::Aborted } else { LaneError::Io(e) });
+                        fail_all(&mut waiting, &load, if stale { LaneError::Aborted } else { LaneError::Io(e) });
                         return;
                     }
                     Ok(n) => n,
                     Err(e) => {
                         let stale = answered > 0 && !partial;
-                        fail_all(&mut waiting, if stale { LaneError::Aborted } else { LaneError::Io(e) });
+                        fail_all(&mut waiting, &load, if stale { LaneError::Aborted } else { LaneError::Io(e) });
                         return;
                     }
                 };
@@ -238,6 +295,7 @@ async fn run(stream: TcpStream, mut rx: mpsc::UnboundedReceiver<Job>) {
                             partial = !rbuf.is_empty();
                             match waiting.pop_front() {
                                 Some(w) => {
+                                    load.pending.fetch_sub(1, Ordering::Relaxed);
                                     // A caller that gave up (deadline) simply drops its reply.
                                     let _ = w.reply.send(Ok(resp));
                                 }
@@ -253,7 +311,7 @@ async fn run(stream: TcpStream, mut rx: mpsc::UnboundedReceiver<Job>) {
                         }
                         Ok(None) => break,
                         Err(e) => {
-                            fail_all(&mut waiting, LaneError::Proto(e.to_string()));
+                            fail_all(&mut waiting, &load, LaneError::Proto(e.to_string()));
                             return;
                         }
                     }
@@ -262,6 +320,10 @@ async fn run(stream: TcpStream, mut rx: mpsc::UnboundedReceiver<Job>) {
                     // Bytes nobody asked for.
                     return;
                 }
+                let arriving = dec
+                    .pending_value_len()
+                    .map_or(0, |len| (len + 2).saturating_sub(rbuf.len()));
+                load.big.store(arriving > BIG_VALUE, Ordering::Relaxed);
                 // Values split off the buffer share its allocation: do not pin a large one.
                 if rbuf.is_empty() && rbuf.capacity() > (64 << 10) {
                     rbuf = BytesMut::with_capacity(16 << 10);
@@ -270,23 +332,143 @@ async fn run(stream: TcpStream, mut rx: mpsc::UnboundedReceiver<Job>) {
             job = rx.recv() => {
                 let Some(job) = job else {
                     // Closed by the host (discarded, or the host left the route).
-                    fail_all(&mut waiting, LaneError::Aborted);
+                    fail_all(&mut waiting, &load, LaneError::Aborted);
                     return;
                 };
                 queue(job, &mut wbuf, &mut waiting, &mut dec);
-                while wbuf.len() < WRITE_BATCH {
-                    match rx.try_recv() {
-                        Ok(j) => queue(j, &mut wbuf, &mut waiting, &mut dec),
-                        Err(_) => break,
+                for _ in 0..MAX_YIELDS {
+                    tokio::task::yield_now().await;
+                    let before = waiting.len();
+                    while wbuf.len() < WRITE_BATCH {
+                        match rx.try_recv() {
+                            Ok(j) => queue(j, &mut wbuf, &mut waiting, &mut dec),
+                            Err(_) => break,
+                        }
+                    }
+                    if waiting.len() == before || wbuf.len() >= WRITE_BATCH {
+                        break;
                     }
                 }
                 if let Err(e) = wr.write_all(&wbuf).await {
                     let stale = answered > 0 && !partial;
-                    fail_all(&mut waiting, if stale { LaneError::Aborted } else { LaneError::Io(e) });
+                    fail_all(&mut waiting, &load, if stale { LaneError::Aborted } else { LaneError::Io(e) });
                     return;
                 }
                 wbuf.clear();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    use tokio::net::TcpListener;
+    use tokio::sync::Notify;
+
+    /// A backend answering `get k` with the value `k`, except `get big`: half of a 1 MiB value,
+    /// then the rest once `release` is notified.
+    async fn backend(release: Arc<Notify>) -> (String, Arc<AtomicUsize>) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let acc = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((sock, _)) = l.accept().await {
+                acc.fetch_add(1, Ordering::SeqCst);
+                let release = release.clone();
+                tokio::spawn(async move {
+                    let (rd, mut wr) = sock.into_split();
+                    let mut lines = BufReader::new(rd).lines();
+                    while let Ok(Some(line)) = lines.next_line().await {
+                        let k = line.trim_start_matches("get ").to_string();
+                        if k == "big" {
+                            let v = vec![b'x'; 1 << 20];
+                            let head = format!("VALUE big 0 {}\r\n", v.len());
+                            wr.write_all(head.as_bytes()).await.unwrap();
+                            wr.write_all(&v[..v.len() / 2]).await.unwrap();
+                            release.notified().await;
+                            wr.write_all(&v[v.len() / 2..]).await.unwrap();
+                            wr.write_all(b"\r\nEND\r\n").await.unwrap();
+                        } else {
+                            let r = format!("VALUE {k} 0 {}\r\n{k}\r\nEND\r\n", k.len());
+                            wr.write_all(r.as_bytes()).await.unwrap();
+                        }
+                    }
+                });
+            }
+        });
+        (addr, accepted)
+    }
+
+    async fn get(lanes: &Lanes, addr: &str, key: &str) -> (Lane, oneshot::Receiver<LaneReply>) {
+        let lane = lanes
+            .pick(|| TcpStream::connect(addr.to_string()))
+            .await
+            .unwrap();
+        let rx = lane
+            .send(
+                BytesMut::from(format!("get {key}\r\n").as_bytes()),
+                ReplyKind::Retrieval,
+            )
+            .unwrap();
+        (lane, rx)
+    }
+
+    fn value(r: LaneReply) -> Vec<u8> {
+        match r.unwrap() {
+            Response::Values(v) => v[0].data.to_vec(),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn light_load_stays_on_the_first_lane() {
+        let (addr, accepted) = backend(Arc::new(Notify::new())).await;
+        let lanes = Lanes::default();
+        for i in 0..50 {
+            let key = format!("k{i}");
+            let (_, rx) = get(&lanes, &addr, &key).await;
+            assert_eq!(value(rx.await.unwrap()), key.as_bytes());
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        assert_eq!(lanes.open(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_large_value_arriving_sends_gets_to_the_second_lane() {
+        let release = Arc::new(Notify::new());
+        let (addr, accepted) = backend(release.clone()).await;
+        let lanes = Lanes::default();
+        let (big_lane, big) = get(&lanes, &addr, "big").await;
+        // Wait until the first half of the value has been read by the lane.
+        for _ in 0..500 {
+            if big_lane.congested() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(
+            big_lane.congested(),
+            "a half-read 1 MiB value congests its lane"
+        );
+        let (small_lane, small) = get(&lanes, &addr, "small").await;
+        assert!(!small_lane.same(&big_lane));
+        let v = tokio::time::timeout(Duration::from_secs(5), small).await;
+        assert_eq!(
+            value(v.expect("the get did not wait for the value").unwrap()),
+            b"small"
+        );
+        release.notify_one();
+        assert_eq!(value(big.await.unwrap()).len(), 1 << 20);
+        assert!(!big_lane.congested());
+        assert_eq!(big_lane.pending(), 0);
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        // Back to the first lane once it is free again.
+        let (again, rx) = get(&lanes, &addr, "again").await;
+        assert!(again.same(&big_lane));
+        assert_eq!(value(rx.await.unwrap()), b"again");
     }
 }

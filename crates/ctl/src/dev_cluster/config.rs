@@ -150,13 +150,22 @@ fn cassandra_section(c: Option<&DevCassandra>, p: &Paths) -> String {
     out
 }
 
+/// Worker threads of the dev proxy: it shares the machine with every node of the cluster, and
+/// more workers than twice the cores only add wake-ups between them (bench/README.md).
+fn proxy_threads() -> usize {
+    std::thread::available_parallelism()
+        .map_or(4, |n| n.get())
+        .saturating_mul(2)
+        .clamp(2, 8)
+}
+
 pub fn proxy_yaml(l: &Layout, p: &Paths, cstar: Option<&DevCassandra>) -> String {
     format!(
         "# Written by beansctl dev-cluster. Regenerated on each start unless --keep-config is given.\n\
-         # The access log is on so that it can feed `beansctl replay`. threads: the proxy's\n\
-         # embedded default (its connections to the nodes wait far more than they compute).\n\
+         # The access log is on so that it can feed `beansctl replay`. threads: twice this\n\
+         # machine's cores, at most the embedded default 8 (the nodes share these cores).\n\
          proxy:\n  hostname: {host}\n  listen: {host}\n  port: {port}\n  webport: {web}\n  \
-         threads: 8\n  errorlog: {errlog}\n  accesslog: {acclog}\n\
+         threads: {threads}\n  errorlog: {errlog}\n  accesslog: {acclog}\n\
          mc:\n  timeout_ms: 3000\n\
          dstore:\n  enable: true\n  n: {n}\n  w: {w}\n  r: {r}\n  \
          # Short probe timings, so a node stopped by hand is seen back within a second or two.\n  \
@@ -166,6 +175,7 @@ pub fn proxy_yaml(l: &Layout, p: &Paths, cstar: Option<&DevCassandra>) -> String
         host = serde_json::to_string(&l.host).unwrap_or_default(),
         port = l.proxy.port,
         web = l.proxy.webport,
+        threads = proxy_threads(),
         errlog = q(&p.error_log(Role::Proxy)),
         acclog = q(&p.access_log()),
         n = l.replicas,
