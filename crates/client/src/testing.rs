@@ -5,11 +5,13 @@
 //! (`target/<profile>/beansdb`), else `<workspace>/target/debug/beansdb`. A missing binary is
 //! a test failure with instructions, never a skip.
 
+use std::collections::BTreeSet;
 use std::fs;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use beansdb_protocol::{ReplyKind, Response, ResponseDecoder};
@@ -51,10 +53,43 @@ pub fn node_binary() -> PathBuf {
     );
 }
 
-/// A free TCP port on 127.0.0.1 (another process may still take it before it is used).
+/// A free TCP port on 127.0.0.1, never the same twice in this process (parallel tests each
+/// start servers), and *below* the kernel's ephemeral range: the port is bound later by the
+/// process under test, and one from the ephemeral range could meanwhile become the source
+/// port of some outgoing connection. Another process may still take it before it is used.
 pub fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    l.local_addr().expect("local addr").port()
+    static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    let top = ephemeral_start().saturating_sub(1).max(20_001);
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    let mut x = seed();
+    for _ in 0..10_000 {
+        // xorshift64: enough to spread test processes over the range.
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let port = 20_000 + (x % u64::from(top - 20_000)) as u16;
+        if handed_out.contains(&port) || TcpListener::bind(("127.0.0.1", port)).is_err() {
+            continue;
+        }
+        handed_out.insert(port);
+        return port;
+    }
+    panic!("no free port between 20000 and {top}");
+}
+
+/// First port of the kernel's ephemeral range (Linux default 32768).
+fn ephemeral_start() -> u16 {
+    fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768)
+}
+
+fn seed() -> u64 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    (t ^ (u64::from(std::process::id()) << 32)) | 1
 }
 
 /// A running node serving all 16 buckets.

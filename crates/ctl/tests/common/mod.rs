@@ -4,14 +4,13 @@
 //! Each test file compiles its own copy (`mod common;`) and uses only part of it.
 #![allow(dead_code)]
 
-use std::collections::BTreeSet;
 use std::fs;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use beansdb_client::testing::{free_port, node_binary};
@@ -95,31 +94,12 @@ pub fn rt() -> tokio::runtime::Runtime {
 
 /// Two distinct free ports: memcached and web.
 pub fn two_free_ports() -> (u16, u16) {
-    let port = free_port();
-    let mut webport = free_port();
-    while webport == port {
-        webport = free_port();
-    }
-    (port, webport)
+    (free_port(), free_port())
 }
 
-/// Ports never handed out twice by this process (parallel tests each start a cluster), each
-/// probed free by binding it.
+/// `n` distinct free ports (never handed out twice by this process; see `free_port`).
 pub fn unique_ports(n: usize) -> Vec<u16> {
-    static USED: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
-    let mut used = USED.lock().unwrap_or_else(|e| e.into_inner());
-    let mut held = Vec::new();
-    let mut ports = Vec::new();
-    while ports.len() < n {
-        let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-        let p = l.local_addr().expect("local addr").port();
-        if used.insert(p) {
-            ports.push(p);
-        }
-        // Held until all are picked, so the OS cannot hand the same port out twice.
-        held.push(l);
-    }
-    ports
+    (0..n).map(|_| free_port()).collect()
 }
 
 /// A path as a quoted YAML scalar.
