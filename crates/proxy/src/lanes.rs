@@ -363,44 +363,34 @@ async fn run(stream: TcpStream, mut rx: mpsc::UnboundedReceiver<Job>, load: Arc<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_backend::line_backend;
     use std::time::Duration;
-    use tokio::io::{AsyncBufReadExt, BufReader};
-    use tokio::net::TcpListener;
     use tokio::sync::Notify;
 
     /// A backend answering `get k` with the value `k`, except `get big`: half of a 1 MiB value,
     /// then the rest once `release` is notified.
     async fn backend(release: Arc<Notify>) -> (String, Arc<AtomicUsize>) {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap().to_string();
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let acc = accepted.clone();
-        tokio::spawn(async move {
-            while let Ok((sock, _)) = l.accept().await {
-                acc.fetch_add(1, Ordering::SeqCst);
-                let release = release.clone();
-                tokio::spawn(async move {
-                    let (rd, mut wr) = sock.into_split();
-                    let mut lines = BufReader::new(rd).lines();
-                    while let Ok(Some(line)) = lines.next_line().await {
-                        let k = line.trim_start_matches("get ").to_string();
-                        if k == "big" {
-                            let v = vec![b'x'; 1 << 20];
-                            let head = format!("VALUE big 0 {}\r\n", v.len());
-                            wr.write_all(head.as_bytes()).await.unwrap();
-                            wr.write_all(&v[..v.len() / 2]).await.unwrap();
-                            release.notified().await;
-                            wr.write_all(&v[v.len() / 2..]).await.unwrap();
-                            wr.write_all(b"\r\nEND\r\n").await.unwrap();
-                        } else {
-                            let r = format!("VALUE {k} 0 {}\r\n{k}\r\nEND\r\n", k.len());
-                            wr.write_all(r.as_bytes()).await.unwrap();
-                        }
+        line_backend(move |mut lines, mut wr| {
+            let release = release.clone();
+            async move {
+                while let Ok(Some(line)) = lines.next_line().await {
+                    let k = line.trim_start_matches("get ").to_string();
+                    if k == "big" {
+                        let v = vec![b'x'; 1 << 20];
+                        let head = format!("VALUE big 0 {}\r\n", v.len());
+                        wr.write_all(head.as_bytes()).await.unwrap();
+                        wr.write_all(&v[..v.len() / 2]).await.unwrap();
+                        release.notified().await;
+                        wr.write_all(&v[v.len() / 2..]).await.unwrap();
+                        wr.write_all(b"\r\nEND\r\n").await.unwrap();
+                    } else {
+                        let r = format!("VALUE {k} 0 {}\r\n{k}\r\nEND\r\n", k.len());
+                        wr.write_all(r.as_bytes()).await.unwrap();
                     }
-                });
+                }
             }
-        });
-        (addr, accepted)
+        })
+        .await
     }
 
     async fn get(lanes: &Lanes, addr: &str, key: &str) -> (Lane, oneshot::Receiver<LaneReply>) {

@@ -29,6 +29,8 @@ pub mod server;
 pub mod shadow;
 pub mod stats;
 pub mod switch;
+#[cfg(test)]
+mod test_backend;
 pub mod trailing;
 
 pub use handler::VERSION;

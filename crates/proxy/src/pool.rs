@@ -899,7 +899,7 @@ fn tune_socket(s: &TcpStream) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::AtomicUsize;
+    use crate::test_backend::line_backend;
     use tokio::io::{AsyncBufReadExt, BufReader};
     use tokio::net::TcpListener;
 
@@ -970,32 +970,22 @@ mod tests {
     /// gets the reply to its own request (replies are matched by order).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn pipelined_gets_share_lanes_and_get_their_own_replies() {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap().to_string();
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let acc = accepted.clone();
-        tokio::spawn(async move {
-            while let Ok((sock, _)) = l.accept().await {
-                acc.fetch_add(1, Ordering::Relaxed);
-                tokio::spawn(async move {
-                    let (rd, mut wr) = sock.into_split();
-                    let mut lines = BufReader::new(rd).lines();
-                    while let Ok(Some(line)) = lines.next_line().await {
-                        // `get k`: the value is the key reversed; a miss for keys ending in 0.
-                        let k = line.trim_start_matches("get ");
-                        let reply = if k.ends_with('0') {
-                            "END\r\n".to_string()
-                        } else {
-                            let v: String = k.chars().rev().collect();
-                            format!("VALUE {k} 0 {}\r\n{v}\r\nEND\r\n", v.len())
-                        };
-                        if wr.write_all(reply.as_bytes()).await.is_err() {
-                            return;
-                        }
-                    }
-                });
+        let (addr, accepted) = line_backend(|mut lines, mut wr| async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                // `get k`: the value is the key reversed; a miss for keys ending in 0.
+                let k = line.trim_start_matches("get ");
+                let reply = if k.ends_with('0') {
+                    "END\r\n".to_string()
+                } else {
+                    let v: String = k.chars().rev().collect();
+                    format!("VALUE {k} 0 {}\r\n{v}\r\nEND\r\n", v.len())
+                };
+                if wr.write_all(reply.as_bytes()).await.is_err() {
+                    return;
+                }
             }
-        });
+        })
+        .await;
         let mut s = (*settings()).clone();
         s.read_timeout = Duration::from_secs(5);
         let h = Host::new(&addr, Arc::new(s));
