@@ -26,8 +26,8 @@ import pytest
 import nodeproc
 import proxyproc
 from proxyproc import Cluster
+from rss import MiB, Sampler, judge
 
-MiB = 1 << 20
 SOAK_SECONDS = float(os.environ.get("BEANSDB_SOAK_SECONDS", "90"))
 WARMUP_SECONDS = min(20.0, max(5.0, SOAK_SECONDS / 6))
 SAMPLE_INTERVAL = 2.0
@@ -48,15 +48,6 @@ RSS_BOUND = 32 * MiB
 LARGE_SIZES = [256 * 1024, 384 * 1024, 512 * 1024, 768 * 1024, 1 * MiB, 1 * MiB]
 
 
-def vm_rss(pid: int) -> int:
-    """Resident set size in bytes, from /proc/<pid>/status (VmRSS is in kB)."""
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS for pid %d" % pid)
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     node_bin = nodeproc.find_binary()
@@ -71,25 +62,6 @@ def cluster(tmp_path_factory):
     c.start()
     yield c
     c.stop()
-
-
-class Sampler(threading.Thread):
-    """Reads the proxy's RSS every SAMPLE_INTERVAL seconds into (t, bytes) pairs."""
-
-    def __init__(self, pid: int):
-        super().__init__(daemon=True)
-        self.pid = pid
-        self.samples = []
-        self.stop_event = threading.Event()
-
-    def run(self):
-        while not self.stop_event.is_set():
-            self.samples.append((time.time(), vm_rss(self.pid)))
-            self.stop_event.wait(SAMPLE_INTERVAL)
-
-    def stop(self):
-        self.stop_event.set()
-        self.join(10)
 
 
 def test_rss_flat_under_duplicated_large_getm(cluster):
@@ -151,7 +123,7 @@ def test_rss_flat_under_duplicated_large_getm(cluster):
                     if len(errors) < 5:
                         errors.append("wrong reply for %d keys: got %s" % (len(keys), sorted(got)))
 
-    sampler = Sampler(proxy.proc.pid)
+    sampler = Sampler(proxy.proc.pid, SAMPLE_INTERVAL)
     start = time.time()
     sampler.start()
     threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(CLIENT_THREADS)]
@@ -166,22 +138,10 @@ def test_rss_flat_under_duplicated_large_getm(cluster):
     assert not any(t.is_alive() for t in threads), "client threads did not stop"
     elapsed = time.time() - start
 
-    measured = [rss for t, rss in sampler.samples if t >= start + WARMUP_SECONDS]
-    assert len(measured) >= 6, "too few RSS samples: %s" % sampler.samples
-    third = len(measured) // 3
-    first, last = measured[:third], measured[-third:]
-    warm = [rss for t, rss in sampler.samples if t < start + WARMUP_SECONDS]
-    summary = ("soak %.0fs (+%.0fs warm-up), %d requests (%.1f/s), RSS MiB: warm-up max %.1f, "
-               "first third max %.1f, last third max %.1f, overall max %.1f, growth %+.1f "
-               "(bound %.0f)" % (
-                   elapsed - WARMUP_SECONDS, WARMUP_SECONDS, counts["requests"],
-                   counts["requests"] / elapsed, max(warm or [0]) / MiB, max(first) / MiB,
-                   max(last) / MiB, max(measured) / MiB, (max(last) - max(first)) / MiB,
-                   RSS_BOUND / MiB))
-    print(summary)
-
     assert not errors and counts["bad"] == 0, "%d bad replies; %s" % (counts["bad"], errors[:5])
-    assert counts["requests"] >= 100, "too little load to judge: " + summary
-    assert max(last) <= max(first) + RSS_BOUND, "proxy RSS grew: " + summary
+    load = "soak %.0fs (+%.0fs warm-up), %d requests (%.1f/s)" % (
+        elapsed - WARMUP_SECONDS, WARMUP_SECONDS, counts["requests"], counts["requests"] / elapsed)
+    assert counts["requests"] >= 100, "too little load to judge: " + load
+    judge(sampler.samples, start, WARMUP_SECONDS, RSS_BOUND, "proxy", load)
     proxy.assert_buffers_zero(timeout=2.0)
     assert proxy.running()
