@@ -52,3 +52,30 @@ def judge(samples, start: float, warmup: float, bound: int, what: str, load: str
     print(summary)
     assert max(last) <= max(first) + bound, "RSS grew: " + summary
     return summary
+
+
+def run_soak(pid: int, worker, n_threads: int, warmup: float, seconds: float,
+             interval: float, stop_at: list):
+    """Runs `worker(i)` on n_threads threads while sampling pid's RSS; the workers run until
+    time.time() passes stop_at[0] (set to start + warmup + seconds here, and to 0 when the
+    wait gives up). Returns (samples, start, elapsed)."""
+    sampler = Sampler(pid, interval)
+    start = time.time()
+    stop_at[0] = start + warmup + seconds
+    sampler.start()
+    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(n_threads)]
+    for t in threads:
+        t.start()
+    try:
+        for t in threads:
+            t.join(warmup + seconds + 60)
+    finally:
+        stop_at[0] = 0
+        sampler.stop()
+    assert not any(t.is_alive() for t in threads), "client threads did not stop"
+    return sampler.samples, start, time.time() - start
+
+
+def load_summary(elapsed: float, warmup: float, requests: int) -> str:
+    return "soak %.0fs (+%.0fs warm-up), %d requests (%.1f/s)" % (
+        elapsed - warmup, warmup, requests, requests / elapsed)

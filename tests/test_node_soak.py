@@ -19,7 +19,7 @@ import random
 import threading
 import time
 
-from rss import MiB, Sampler, judge
+from rss import MiB, judge, load_summary, run_soak
 
 SOAK_SECONDS = float(os.environ.get("BEANSDB_NODE_SOAK_SECONDS", "60"))
 WARMUP_SECONDS = min(20.0, max(5.0, SOAK_SECONDS / 6))
@@ -51,7 +51,7 @@ def test_node_rss_flat_under_mixed_load(node_factory):
     counts = {"requests": 0, "bad": 0}
     errors = []
     lock = threading.Lock()
-    stop_at = [time.time() + WARMUP_SECONDS + SOAK_SECONDS]
+    stop_at = [time.time() + WARMUP_SECONDS + SOAK_SECONDS]  # set again by run_soak
 
     def bad(what):
         with lock:
@@ -108,27 +108,12 @@ def test_node_rss_flat_under_mixed_load(node_factory):
         with lock:
             counts["requests"] += n
 
-    sampler = Sampler(node.proc.pid, SAMPLE_INTERVAL)
-    start = time.time()
-    sampler.start()
-    threads = [threading.Thread(target=worker, args=(i,), daemon=True)
-               for i in range(CLIENT_THREADS)]
-    for t in threads:
-        t.start()
-    try:
-        for t in threads:
-            t.join(WARMUP_SECONDS + SOAK_SECONDS + 60)
-    finally:
-        stop_at[0] = 0
-        sampler.stop()
-    assert not any(t.is_alive() for t in threads), "client threads did not stop"
-    elapsed = time.time() - start
+    samples, start, elapsed = run_soak(node.proc.pid, worker, CLIENT_THREADS, WARMUP_SECONDS,
+                                       SOAK_SECONDS, SAMPLE_INTERVAL, stop_at)
 
     assert counts["bad"] == 0, "%d bad replies; %s" % (counts["bad"], errors)
-    load = "soak %.0fs (+%.0fs warm-up), %d requests (%.1f/s)" % (
-        elapsed - WARMUP_SECONDS, WARMUP_SECONDS, counts["requests"],
-        counts["requests"] / elapsed)
+    load = load_summary(elapsed, WARMUP_SECONDS, counts["requests"])
     assert counts["requests"] >= 1000, "too little load to judge: " + load
-    judge(sampler.samples, start, WARMUP_SECONDS, RSS_BOUND, "node", load)
+    judge(samples, start, WARMUP_SECONDS, RSS_BOUND, "node", load)
     node.assert_buffers_zero(timeout=2.0)
     assert node.running()

@@ -4,7 +4,6 @@ spread so that no node holds every bucket) + 1 backup, N=3 W=2 R=1 (proxy.md §4
 import json
 import os
 import random
-import socket
 import threading
 import time
 

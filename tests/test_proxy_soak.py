@@ -26,7 +26,7 @@ import pytest
 import nodeproc
 import proxyproc
 from proxyproc import Cluster
-from rss import MiB, Sampler, judge
+from rss import MiB, judge, load_summary, run_soak
 
 SOAK_SECONDS = float(os.environ.get("BEANSDB_SOAK_SECONDS", "90"))
 WARMUP_SECONDS = min(20.0, max(5.0, SOAK_SECONDS / 6))
@@ -98,7 +98,7 @@ def test_rss_flat_under_duplicated_large_getm(cluster):
     counts = {"requests": 0, "bad": 0}
     errors = []
     lock = threading.Lock()
-    stop_at = [time.time() + WARMUP_SECONDS + SOAK_SECONDS]
+    stop_at = [time.time() + WARMUP_SECONDS + SOAK_SECONDS]  # set again by run_soak
 
     def worker(seed: int):
         r = random.Random(seed)
@@ -123,25 +123,12 @@ def test_rss_flat_under_duplicated_large_getm(cluster):
                     if len(errors) < 5:
                         errors.append("wrong reply for %d keys: got %s" % (len(keys), sorted(got)))
 
-    sampler = Sampler(proxy.proc.pid, SAMPLE_INTERVAL)
-    start = time.time()
-    sampler.start()
-    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(CLIENT_THREADS)]
-    for t in threads:
-        t.start()
-    try:
-        for t in threads:
-            t.join(WARMUP_SECONDS + SOAK_SECONDS + 60)
-    finally:
-        stop_at[0] = 0
-        sampler.stop()
-    assert not any(t.is_alive() for t in threads), "client threads did not stop"
-    elapsed = time.time() - start
+    samples, start, elapsed = run_soak(proxy.proc.pid, worker, CLIENT_THREADS, WARMUP_SECONDS,
+                                       SOAK_SECONDS, SAMPLE_INTERVAL, stop_at)
 
     assert not errors and counts["bad"] == 0, "%d bad replies; %s" % (counts["bad"], errors[:5])
-    load = "soak %.0fs (+%.0fs warm-up), %d requests (%.1f/s)" % (
-        elapsed - WARMUP_SECONDS, WARMUP_SECONDS, counts["requests"], counts["requests"] / elapsed)
+    load = load_summary(elapsed, WARMUP_SECONDS, counts["requests"])
     assert counts["requests"] >= 100, "too little load to judge: " + load
-    judge(sampler.samples, start, WARMUP_SECONDS, RSS_BOUND, "proxy", load)
+    judge(samples, start, WARMUP_SECONDS, RSS_BOUND, "proxy", load)
     proxy.assert_buffers_zero(timeout=2.0)
     assert proxy.running()
