@@ -28,14 +28,48 @@ free_port() {
     done
 }
 
-# run_bench NAME SERVER PORT ROUND ARGS… → writes $WORK/NAME.SERVER.rROUND.json
+# CPU time (clock ticks, user + system) used so far by the given processes.
+cpu_ticks() {
+    local pid total=0 f
+    for pid in "$@"; do
+        # Fields 14 and 15 of /proc/PID/stat; the command name (field 2) has no spaces here.
+        read -r -a f <"/proc/$pid/stat" || continue
+        total=$((total + f[13] + f[14]))
+    done
+    echo "$total"
+}
+
+# Processes whose CPU counts for a server: CPU_PIDS_<server> (space-separated), set by the
+# scripts once the servers run.
+server_pids() {
+    local var="CPU_PIDS_$1"
+    echo "${!var:-}"
+}
+
+# run_bench NAME SERVER PORT ROUND ARGS… → writes $WORK/NAME.SERVER.rROUND.json, and
+# NAME.SERVER.rROUND.cpu: the server's and the load generator's CPU seconds during the run.
 run_bench() {
-    local name=$1 server=$2 port=$3 round=$4
+    local name=$1 server=$2 port=$3 round=$4 before after pids
     shift 4
+    pids=$(server_pids "$server")
     log "running $name (round $round/$REPEAT) against $server: beansctl bench --target 127.0.0.1:$port --connections $CONNS --keys $KEYS --value-size $VALUE --duration $DURATION --warmup $WARMUP --seed 1 $*"
-    "$BEANSCTL" bench -q --json --target "127.0.0.1:$port" --connections "$CONNS" \
+    # shellcheck disable=SC2086 # pids is a list
+    before=$(cpu_ticks $pids)
+    local TIMEFORMAT='%U %S'
+    if ! { time "$BEANSCTL" bench -q --json --target "127.0.0.1:$port" --connections "$CONNS" \
         --keys "$KEYS" --value-size "$VALUE" --duration "$DURATION" --warmup "$WARMUP" \
-        --seed 1 "$@" >"$WORK/$name.$server.r$round.json"
+        --seed 1 "$@" >"$WORK/$name.$server.r$round.json" 2>"$WORK/$name.$server.r$round.err"; } \
+        2>"$WORK/$name.$server.r$round.time"; then
+        cat "$WORK/$name.$server.r$round.err" >&2
+        die "beansctl bench failed ($name against $server)"
+    fi
+    # shellcheck disable=SC2086
+    after=$(cpu_ticks $pids)
+    local user sys
+    read -r user sys <"$WORK/$name.$server.r$round.time"
+    python3 -c 'import sys; t, hz, u, s = map(float, sys.argv[1:]); print("%.3f %.3f" % (t / hz, u + s))' \
+        "$((after - before))" "$(getconf CLK_TCK)" "$user" "$sys" >"$WORK/$name.$server.r$round.cpu"
+    cat "$WORK/$name.$server.r$round.err" >&2
 }
 
 # run_workloads A A_PORT B B_PORT OPEN_DIVISOR: mix, getm20 and the open-loop mix, REPEAT rounds

@@ -111,6 +111,7 @@ MC_USER=()
 mc_cmd() { exec "$MEMCACHED" -l 127.0.0.1 -p "$PORT" -U 0 -t "$MEMCACHED_THREADS" -m 1024 "${MC_USER[@]}"; }
 start memcached version "$WORK/memcached.log" mc_cmd
 MC_PORT=$PORT
+CPU_PIDS_memcached=${PIDS[-1]}
 
 mkdir -p "$WORK/conf" "$WORK/home"
 write_node_conf() {
@@ -137,6 +138,7 @@ node_cmd() { write_node_conf && cd "$WORK" && exec "$BEANSDB" -confdir "$WORK/co
 PORT=$(free_port)
 start beansdb 'get @' "$WORK/beansdb.out" node_cmd
 NODE_PORT=$PORT
+CPU_PIDS_beansdb=${PIDS[-1]}
 
 log "$("$MEMCACHED" -V 2>/dev/null | head -1) on 127.0.0.1:$MC_PORT (-t $MEMCACHED_THREADS)"
 log "$("$BEANSDB" -version 2>/dev/null | head -1) on 127.0.0.1:$NODE_PORT"

@@ -87,6 +87,9 @@ done
 PROXY_ADDR=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["proxy"]["addr"])' \
     "$WORK/dev-cluster.json")
 PROXY_PORT=${PROXY_ADDR##*:}
+# The proxy's CPU counts together with that of every node and backup behind it.
+CPU_PIDS_proxy=$(python3 -c 'import json,sys; c=json.load(open(sys.argv[1])); print(" ".join(str(p["pid"]) for p in [c["proxy"]] + c["nodes"] + c["backups"]))' \
+    "$WORK/dev-cluster.json")
 
 # ----- the direct node: all 16 buckets, the cluster nodes' settings otherwise
 
@@ -132,6 +135,7 @@ EOF
     NODE_PID=""
 done
 [[ -n $NODE_PID ]] || die "the direct node did not start"
+CPU_PIDS_direct=$NODE_PID
 
 log "$("$BIN/beansproxy" -version 2>/dev/null | head -1) on $PROXY_ADDR (cluster in $WORK/cluster: 5 nodes x 3 replicas of 16 buckets, 1 backup)"
 log "$("$BEANSDB" -version 2>/dev/null | head -1) direct on 127.0.0.1:$NODE_PORT (all 16 buckets)"

@@ -2,7 +2,7 @@
 """Summarises the `beansctl bench --json` reports of a comparison (bench/lib.sh run_workloads).
 
 Each workload ran REPEAT rounds per server, the two servers taking turns. Per workload and
-server the table shows the run of median throughput, with the range over all rounds. A
+server the table shows the median of the rounds in each column, with the throughput range. A
 throughput ratio is the median of the per-round ratios (both servers of a round saw similar
 background load); a p99 goal is judged on the median p99 of the subject's rounds.
 """
@@ -29,6 +29,22 @@ def errors(run):
     return sum(run["errors"].values())
 
 
+def cpu_per_request(work, name, server, rnd, run):
+    """(server, load generator) CPU µs per request of one run, from NAME.SERVER.rN.cpu (CPU
+    seconds over the whole run, warm-up included); None for a run that preloaded keys first."""
+    path = os.path.join(work, f"{name}.{server}.r{rnd}.cpu")
+    if run.get("preload") or not os.path.exists(path):
+        return None
+    with open(path) as f:
+        server_s, gen_s = map(float, f.read().split())
+    cfg = run.get("config", {})
+    measured = run["duration_s"]
+    total = run["requests"] * (measured + cfg.get("warmup_s", 0)) / max(measured, 1e-9)
+    if total <= 0:
+        return None
+    return server_s / total * 1e6, gen_s / total * 1e6
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("work")
@@ -49,20 +65,29 @@ def main():
     repeat = max(len(r) for r in res.values())
 
     print(f"{'workload':<12} {'server':<10} {'req/s':>10} {'range':>15} {'keys/s':>10} "
-          f"{'p50':>7} {'p90':>7} {'p99':>7} {'p99.9':>7} {'max':>8}  errors")
+          f"{'p50':>7} {'p90':>7} {'p99':>7} {'p99.9':>7} {'max':>8} {'cpu/req':>8} "
+          f"{'gen/req':>8}  errors")
     for n in names:
         for s in servers:
             runs = res[(n, s)]
             rates = sorted(r["throughput_rps"] for r in runs.values())
-            med = statistics.median_low(rates)
-            r = next(r for r in runs.values() if r["throughput_rps"] == med)
-            lat = r["latency_us"]
+            med = statistics.median(rates)
+            keys_s = statistics.median(r["keys_per_s"] for r in runs.values())
+            lat = {q: statistics.median(r["latency_us"][q] for r in runs.values())
+                   for q in ("p50", "p90", "p99", "p999", "max")}
             span = f"{rates[0]:.0f}-{rates[-1]:.0f}"
-            print(f"{n:<12} {s:<10} {med:>10.0f} {span:>15} {r['keys_per_s']:>10.0f} "
-                  f"{lat['p50']:>7} {lat['p90']:>7} {lat['p99']:>7} {lat['p999']:>7} "
-                  f"{lat['max']:>8}  {sum(errors(x) for x in runs.values())}")
-    print(f"(median of {repeat} rounds per row, the range covers all rounds; latency in µs; "
-          "closed-loop latency is measured from the send, open-loop from the scheduled time)")
+            cpu = [c for i, x in runs.items()
+                   if (c := cpu_per_request(a.work, n, s, i, x)) is not None]
+            srv = f"{statistics.median(c[0] for c in cpu):.1f}" if cpu else "-"
+            gen = f"{statistics.median(c[1] for c in cpu):.1f}" if cpu else "-"
+            print(f"{n:<12} {s:<10} {med:>10.0f} {span:>15} {keys_s:>10.0f} "
+                  f"{lat['p50']:>7.0f} {lat['p90']:>7.0f} {lat['p99']:>7.0f} {lat['p999']:>7.0f} "
+                  f"{lat['max']:>8.0f} {srv:>8} {gen:>8}  {sum(errors(x) for x in runs.values())}")
+    print(f"(each column the median of {repeat} rounds, the range covers all rounds; latency in µs; "
+          "closed-loop latency is measured from the send, open-loop from the scheduled time;\n"
+          " cpu/req: CPU µs per request of the server's processes (for the proxy: the proxy, "
+          "its nodes and backup), gen/req: of the load generator; medians of the rounds that "
+          "did not preload)")
     print()
 
     def ratio(n):
