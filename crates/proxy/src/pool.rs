@@ -899,8 +899,7 @@ fn tune_socket(s: &TcpStream) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_backend::line_backend;
-    use tokio::io::{AsyncBufReadExt, BufReader};
+    use crate::test_backend::{line_backend, serve_on};
     use tokio::net::TcpListener;
 
     /// What the fake backend does with a request line.
@@ -913,26 +912,20 @@ mod tests {
 
     /// A backend answering every command line with `act(line)`.
     async fn fake_on(listener: TcpListener, act: fn(&str) -> Act) {
-        tokio::spawn(async move {
-            while let Ok((sock, _)) = listener.accept().await {
-                tokio::spawn(async move {
-                    let (rd, mut wr) = sock.into_split();
-                    let mut lines = BufReader::new(rd).lines();
-                    while let Ok(Some(line)) = lines.next_line().await {
-                        match act(&line) {
-                            Act::Reply(r) => {
-                                if wr.write_all(r).await.is_err() {
-                                    return;
-                                }
-                            }
-                            Act::ReplyThenClose(r) => {
-                                let _ = wr.write_all(r).await;
-                                return;
-                            }
-                            Act::Silent => {}
+        serve_on(listener, move |mut lines, mut wr| async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                match act(&line) {
+                    Act::Reply(r) => {
+                        if wr.write_all(r).await.is_err() {
+                            return;
                         }
                     }
-                });
+                    Act::ReplyThenClose(r) => {
+                        let _ = wr.write_all(r).await;
+                        return;
+                    }
+                    Act::Silent => {}
+                }
             }
         });
     }
